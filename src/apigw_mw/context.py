@@ -1,0 +1,383 @@
+"""The request context: what the gateway learned about a request, for the app and the logs.
+
+Shaped like API Gateway's ``$context`` / ``requestContext``: the app reads it with
+:func:`get_context`, access-log formats and response templates read it as ``$context.*``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from base64 import b64encode
+from collections.abc import Mapping
+from typing import Any
+
+from .responses import json_string
+
+__all__ = ["ErrorInfo", "Identity", "RequestContext", "get_context"]
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+# Request ids are UUID-4 shaped: a random per-process prefix and a counter that starts at a
+# random offset. That costs a fraction of uuid4() and stays unique across processes with the
+# prefix's 62 random bits.
+_rand = os.urandom(16).hex()
+_PREFIX = f"{_rand[:8]}-{_rand[8:12]}-4{_rand[12:15]}-{'89ab'[int(_rand[15], 16) % 4]}{_rand[16:19]}-"
+_counter = itertools.count(int(_rand[19:31], 16))
+
+
+def new_request_id() -> str:
+    """A fresh request id (UUID-4 shaped)."""
+    return f"{_PREFIX}{next(_counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+class Identity:
+    """Who the caller is, as far as the gateway knows (``$context.identity``).
+
+    Attributes: ``source_ip``, ``user_agent``, ``api_key`` (never the key itself once
+    verified: API Gateway writes the key value here, apigw-mw writes it only when the app asks
+    for ``as_dict(include_secrets=True)``), ``api_key_id``, ``client_cert`` (a mapping),
+    ``access_key``, ``caller``, ``user``, ``user_arn``, ``principal_org_id``.
+    """
+
+    __slots__ = (
+        "_user_agent",
+        "access_key",
+        "account_id",
+        "api_key",
+        "api_key_id",
+        "caller",
+        "client_cert",
+        "cognito_identity_id",
+        "principal_org_id",
+        "source_ip",
+        "user",
+        "user_arn",
+    )
+
+    _FIELDS = (
+        ("source_ip", "sourceIp"),
+        ("user_agent", "userAgent"),
+        ("api_key", "apiKey"),
+        ("api_key_id", "apiKeyId"),
+        ("access_key", "accessKey"),
+        ("account_id", "accountId"),
+        ("caller", "caller"),
+        ("user", "user"),
+        ("user_arn", "userArn"),
+        ("principal_org_id", "principalOrgId"),
+        ("cognito_identity_id", "cognitoIdentityId"),
+        ("client_cert", "clientCert"),
+    )
+
+    def __init__(self, source_ip: str | None, user_agent: Any) -> None:
+        self.source_ip = source_ip
+        self._user_agent = user_agent
+        self.api_key: str | None = None
+        self.api_key_id: str | None = None
+        self.client_cert: Mapping[str, Any] | None = None
+        self.access_key: str | None = None
+        self.account_id: str | None = None
+        self.caller: str | None = None
+        self.user: str | None = None
+        self.user_arn: str | None = None
+        self.principal_org_id: str | None = None
+        self.cognito_identity_id: str | None = None
+
+    @property
+    def user_agent(self) -> str | None:
+        ua = self._user_agent
+        if callable(ua):
+            ua = self._user_agent = ua()
+        return ua  # type: ignore[no-any-return]
+
+    @user_agent.setter
+    def user_agent(self, value: str | None) -> None:
+        self._user_agent = value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {camel: getattr(self, attr) for attr, camel in self._FIELDS}
+
+    def __repr__(self) -> str:
+        return f"Identity(source_ip={self.source_ip!r}, api_key_id={self.api_key_id!r})"
+
+
+class ErrorInfo:
+    """``$context.error``: set when the gateway answered with a gateway response."""
+
+    __slots__ = ("message", "response_type", "status", "validation_error_string")
+
+    def __init__(
+        self,
+        response_type: str,
+        message: str | None,
+        status: int,
+        validation_error_string: str | None = None,
+    ) -> None:
+        self.response_type = response_type
+        self.message = message
+        self.status = status
+        self.validation_error_string = validation_error_string
+
+    @property
+    def message_string(self) -> str:
+        """The message as a JSON string literal, quotes included (``null`` when ``None``)."""
+        return json_string(self.message)
+
+    def __repr__(self) -> str:
+        return f"ErrorInfo({self.response_type!r}, {self.message!r})"
+
+
+class RequestContext:
+    """What the gateway knows about one request; read it with :func:`get_context`.
+
+    Example (FastAPI)::
+
+        @app.get("/pets")
+        def pets(request: Request):
+            ctx = get_context(request)
+            return {"caller": ctx.identity.api_key_id, "stage": ctx.stage,
+                    "color": ctx.stage_variables.get("color")}
+    """
+
+    __slots__ = (
+        "_extended_id",
+        "api_id",
+        "authorizer",
+        "domain_name",
+        "error",
+        "extra",
+        "http_method",
+        "identity",
+        "integration_latency",
+        "path",
+        "path_parameters",
+        "protocol",
+        "request_id",
+        "request_time_epoch",
+        "resource_path",
+        "response_length",
+        "route_key",
+        "stage",
+        "stage_variables",
+        "start",
+        "status",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        http_method: str,
+        path: str,
+        protocol: str,
+        identity: Identity,
+        stage: str,
+        stage_variables: Mapping[str, str],
+        api_id: str,
+        domain_name: str | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self._extended_id: str | None = None
+        self.start = time.perf_counter()
+        self.request_time_epoch = int(time.time() * 1000)
+        self.http_method = http_method
+        self.path = path
+        self.protocol = protocol
+        self.identity = identity
+        self.stage = stage
+        self.stage_variables = stage_variables
+        self.api_id = api_id
+        self.domain_name = domain_name
+        self.route_key: str | None = None
+        self.resource_path: str | None = None
+        self.path_parameters: Mapping[str, str] = {}
+        self.authorizer: dict[str, Any] = {}
+        self.error: ErrorInfo | None = None
+        self.status: int | None = None
+        self.response_length: int | None = None
+        self.integration_latency: int | None = None
+        #: Free-form values policies share with each other and with log formats.
+        self.extra: dict[str, Any] = {}
+
+    @property
+    def extended_request_id(self) -> str:
+        """API Gateway's ``extendedRequestId`` (also sent as ``x-amz-apigw-id``)."""
+        ext = self._extended_id
+        if ext is None:
+            ext = self._extended_id = b64encode(os.urandom(10)).decode()[:-2] + "="
+        return ext
+
+    @property
+    def request_time(self) -> str:
+        """``dd/MMM/yyyy:HH:mm:ss +0000``, as ``$context.requestTime``."""
+        t = time.gmtime(self.request_time_epoch / 1000)
+        return (
+            f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+        )
+
+    def set_error(
+        self,
+        response_type: str,
+        message: str | None,
+        status: int,
+        validation_error: str | None = None,
+    ) -> None:
+        self.error = ErrorInfo(response_type, message, status, validation_error)
+
+    # -- $context.* lookup, shared by response templates and access logs -------------------
+
+    def lookup(self, path: tuple[str, ...] | list[str]) -> Any:
+        """The value of ``$context.<path>`` (``("identity", "sourceIp")``), or ``None``."""
+        if not path:
+            return None
+        head = path[0]
+        rest = path[1:]
+        if head == "error":
+            err = self.error
+            if not rest:
+                return None
+            key = rest[0]
+            if key == "messageString":
+                return err.message_string if err else '""'
+            if err is None:
+                return None
+            return {
+                "message": err.message,
+                "responseType": err.response_type,
+                "validationErrorString": err.validation_error_string,
+                "status": err.status,
+            }.get(key)
+        if head == "identity":
+            if not rest:
+                return None
+            for attr, camel in Identity._FIELDS:
+                if camel == rest[0]:
+                    value = getattr(self.identity, attr)
+                    if attr == "api_key":
+                        return None  # never expose the key value in logs or templates
+                    return _dig(value, rest[1:])
+            return None
+        if head == "authorizer":
+            return _dig(self.authorizer, rest) if rest else None
+        simple = _SIMPLE.get(head)
+        if simple is not None and not rest:
+            return simple(self)
+        return None
+
+    def as_dict(self, version: str = "1.0") -> dict[str, Any]:
+        """API Gateway's ``requestContext`` for Lambda proxy payloads (camelCase keys).
+
+        ``version="1.0"`` gives the REST API shape, ``"2.0"`` the HTTP API shape.
+
+        >>> ctx.as_dict("2.0")["http"]["method"]  # doctest: +SKIP
+        'GET'
+        """
+        identity = self.identity.as_dict()
+        identity.pop("apiKey", None)
+        if version == "2.0":
+            out: dict[str, Any] = {
+                "accountId": "anonymous",
+                "apiId": self.api_id,
+                "domainName": self.domain_name,
+                "domainPrefix": (self.domain_name or "").split(".")[0] or None,
+                "http": {
+                    "method": self.http_method,
+                    "path": self.path,
+                    "protocol": self.protocol,
+                    "sourceIp": self.identity.source_ip,
+                    "userAgent": self.identity.user_agent,
+                },
+                "requestId": self.request_id,
+                "routeKey": self.route_key or "$default",
+                "stage": self.stage,
+                "time": self.request_time,
+                "timeEpoch": self.request_time_epoch,
+            }
+            if self.authorizer:
+                out["authorizer"] = dict(self.authorizer)
+            if self.identity.client_cert:
+                out["authentication"] = {"clientCert": dict(self.identity.client_cert)}
+            return out
+        if version != "1.0":
+            raise ValueError("version must be '1.0' or '2.0'")
+        out = {
+            "accountId": "anonymous",
+            "apiId": self.api_id,
+            "domainName": self.domain_name,
+            "extendedRequestId": self.extended_request_id,
+            "httpMethod": self.http_method,
+            "identity": identity,
+            "path": self.path,
+            "protocol": self.protocol,
+            "requestId": self.request_id,
+            "requestTime": self.request_time,
+            "requestTimeEpoch": self.request_time_epoch,
+            "resourceId": None,
+            "resourcePath": self.resource_path,
+            "stage": self.stage,
+        }
+        if self.authorizer:
+            out["authorizer"] = dict(self.authorizer)
+        return out
+
+    def __repr__(self) -> str:
+        return f"<RequestContext {self.request_id} {self.http_method} {self.path}>"
+
+
+def _dig(value: Any, rest: tuple[str, ...] | list[str]) -> Any:
+    for key in rest:
+        if isinstance(value, Mapping):
+            value = value.get(key)
+        else:
+            return None
+    return value
+
+
+_SIMPLE: dict[str, Any] = {
+    "requestId": lambda c: c.request_id,
+    "extendedRequestId": lambda c: c.extended_request_id,
+    "apiId": lambda c: c.api_id,
+    "domainName": lambda c: c.domain_name,
+    "httpMethod": lambda c: c.http_method,
+    "path": lambda c: c.path,
+    "protocol": lambda c: c.protocol,
+    "resourcePath": lambda c: c.resource_path,
+    "routeKey": lambda c: c.route_key,
+    "stage": lambda c: c.stage,
+    "requestTime": lambda c: c.request_time,
+    "requestTimeEpoch": lambda c: c.request_time_epoch,
+    "status": lambda c: c.status,
+    "responseLength": lambda c: c.response_length,
+    "integrationLatency": lambda c: c.integration_latency,
+}
+
+
+def get_context(obj: Any) -> RequestContext:
+    """The gateway's context for a request.
+
+    Accepts a Starlette/FastAPI/Litestar ``Request``, a Flask/Werkzeug/Django request, an ASGI
+    scope or a WSGI environ. Raises ``LookupError`` when the request did not pass through a
+    gateway middleware.
+
+    Example (Flask)::
+
+        @app.get("/pets")
+        def pets():
+            ctx = get_context(request)
+            return {"requestId": ctx.request_id, "apiKeyId": ctx.identity.api_key_id}
+    """
+    if isinstance(obj, dict):
+        found = obj.get("apigw.context")
+        if isinstance(found, RequestContext):
+            return found
+        raise LookupError("no apigw-mw context: is the gateway middleware installed?")
+    for attr in ("scope", "environ", "META"):
+        carrier = getattr(obj, attr, None)
+        if isinstance(carrier, dict):
+            found = carrier.get("apigw.context")
+            if isinstance(found, RequestContext):
+                return found
+    raise LookupError(f"no apigw-mw context on {type(obj).__name__}: is the middleware installed?")

@@ -1,0 +1,500 @@
+"""Policies, their phases, and the pipeline that runs them with a sync or an async driver.
+
+A policy is an object with a ``phase`` and a ``flow(request, context)`` method. The flow is
+either a plain function returning a decision, or a generator that yields effects (see
+:mod:`apigw_mw.effects`) and returns a decision. Decisions: ``None`` or :class:`Allow` (go
+on), :class:`Deny` (answer with a gateway response), :class:`Respond` (answer with a normal
+response, without calling the app).
+
+The pipeline runs the policies that apply to a request in the gateway's fixed phase order,
+whatever order they were listed in, and list order only within a phase. It is itself a
+generator that yields *batches* of effects; two small drivers perform them, one blocking
+(WSGI) and one with ``await`` (ASGI). Effects of one phase that share a batcher (token-bucket
+hits against one storage) are performed together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from types import GeneratorType
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from .exceptions import ConfigurationError, GatewayError
+from .responses import Allow, Deny, Respond
+from .routes import RouteMatch, RoutePattern, Router, Stage
+
+if TYPE_CHECKING:
+    from .context import RequestContext
+    from .request import Request, TrustedProxies
+
+__all__ = [
+    "BasePolicy",
+    "Decision",
+    "GatewaySettings",
+    "Phase",
+    "Policy",
+    "ResponseHead",
+    "RouteTable",
+]
+
+logger = logging.getLogger("apigw_mw")
+
+Decision = Allow | Deny | Respond | None
+Flow = Generator[Any, Any, Decision]
+
+
+class Phase(IntEnum):
+    """The gateway's fixed request phases, in the order they run.
+
+    ``CORS`` answers preflights; ``RESOURCE_POLICY`` applies source-IP rules; ``MTLS`` checks
+    client certificates; ``THROTTLE`` holds the limits that need no caller identity (stage,
+    route, source IP), shielding the authorizers from floods; ``AUTHORIZE`` runs
+    authorizers; ``API_KEY`` checks API keys with their usage plans and quotas; ``VALIDATE``
+    validates the request; ``CACHE`` answers from the response cache.
+    """
+
+    CORS = 10
+    RESOURCE_POLICY = 20
+    MTLS = 30
+    THROTTLE = 40
+    AUTHORIZE = 50
+    API_KEY = 60
+    VALIDATE = 70
+    CACHE = 80
+
+
+class ResponseHead:
+    """The status and headers of a response on its way out, for ``on_response`` hooks.
+
+    ``headers`` is a list of ``(lower-case name, value)`` byte pairs that hooks may edit.
+    ``from_gateway`` is true for gateway responses and ``Respond`` answers.
+    """
+
+    __slots__ = ("from_gateway", "headers", "status")
+
+    def __init__(
+        self, status: int, headers: list[tuple[bytes, bytes]], from_gateway: bool = False
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.from_gateway = from_gateway
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the gateway needs from a policy.
+
+    Attributes:
+        phase: the :class:`Phase` the policy runs in.
+        routes: route patterns the policy applies to (``"GET /pets/{id}"``), or ``None`` for
+            every request.
+
+    Methods:
+        flow(request, context): the decision; a generator when it needs I/O.
+        bind(settings): called once per middleware with the gateway-wide
+            :class:`GatewaySettings`; returns the object to run (usually ``self``).
+        on_response(request, context, head): optional; edit the outgoing
+            :class:`ResponseHead` (every response, gateway responses included).
+
+    Subclass :class:`BasePolicy` rather than implementing this from scratch.
+    """
+
+    phase: Phase
+    routes: tuple[str, ...] | None
+
+    def flow(self, request: Request, context: RequestContext) -> Decision | Flow: ...
+
+    def bind(self, settings: GatewaySettings) -> Policy: ...
+
+
+class BasePolicy:
+    """A convenient base for policies: stores ``routes`` and provides no-op hooks.
+
+    Example, a policy that refuses requests without a tenant header::
+
+        from apigw_mw import BasePolicy, Deny, Phase
+
+        class RequireTenant(BasePolicy):
+            phase = Phase.VALIDATE
+
+            def flow(self, request, context):
+                if not request.headers.get("x-tenant"):
+                    return Deny("BAD_REQUEST_PARAMETERS",
+                                "Missing required request parameters: [x-tenant]")
+                context.extra["tenant"] = request.headers["x-tenant"]
+                return None
+
+        app.add_middleware(GatewayMiddleware, policies=[RequireTenant(routes=["ANY /t/{proxy+}"])])
+    """
+
+    phase: ClassVar[Phase] = Phase.VALIDATE
+    routes: tuple[str, ...] | None
+
+    def __init__(self, *, routes: Iterable[str] | None = None) -> None:
+        self.routes = _routes_arg(routes, f"{type(self).__name__}.routes")
+
+    def flow(self, request: Request, context: RequestContext) -> Decision | Flow:
+        return None
+
+    def bind(self, settings: GatewaySettings) -> Policy:
+        return self
+
+    on_response: Callable[[Request, RequestContext, ResponseHead], None] | None = None
+
+
+def _routes_arg(routes: Iterable[str] | None, field_name: str) -> tuple[str, ...] | None:
+    if routes is None:
+        return None
+    if isinstance(routes, str):
+        routes = [routes]
+    out = tuple(routes)
+    for r in out:
+        RoutePattern.parse(r, field_name=field_name)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """The API's declared routes, and whether requests matching none of them are refused.
+
+    An entry of ``policies``: declare routes that no policy names (so they count as
+    matched), and set strict matching::
+
+        policies=[RouteTable(["GET /pets", "GET /pets/{petId}"], strict=True), ...]
+
+    With ``strict=True`` a request that matches no declared route is answered as API Gateway
+    does: 403 ``{"message":"Missing Authentication Token"}``.
+    """
+
+    routes: Sequence[str] = ()
+    strict: bool | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "routes", _routes_arg(self.routes, "RouteTable.routes") or ())
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Gateway-wide settings handed to each policy's ``bind``.
+
+    Attributes:
+        stage: the :class:`Stage`.
+        storage: the default ``limits`` storage URI for shared state.
+        trusted_proxies: the gateway's trusted proxies.
+        mode: ``"async"`` (ASGI adapter) or ``"sync"`` (WSGI adapter).
+    """
+
+    stage: Stage
+    storage: str
+    trusted_proxies: TrustedProxies
+    mode: str
+
+
+class _Plan:
+    """The policies that apply to one set of matched routes, grouped by phase."""
+
+    __slots__ = ("phases", "response_hooks")
+
+    def __init__(self, phases: list[list[Any]], response_hooks: list[Any]) -> None:
+        self.phases = phases
+        self.response_hooks = response_hooks
+
+
+class Pipeline:
+    """Runs bound policies for requests; shared by both adapters."""
+
+    def __init__(
+        self,
+        policies: Sequence[Any],
+        settings: GatewaySettings,
+        extra_routes: Sequence[str] = (),
+        strict_routes: bool = False,
+    ) -> None:
+        bound: list[Any] = []
+        for i, p in enumerate(policies):
+            if not isinstance(getattr(p, "phase", None), int) or not callable(
+                getattr(p, "flow", None)
+            ):
+                raise ConfigurationError(
+                    f"policies[{i}]",
+                    f"{type(p).__name__} is not a policy (needs a phase and a flow method)",
+                )
+            b = p.bind(settings) if hasattr(p, "bind") else p
+            bound.append(b)
+        # Stable sort: fixed phase order, list order within a phase.
+        bound.sort(key=lambda p: int(p.phase))
+        self.policies = bound
+        self.strict = strict_routes
+        patterns: list[RoutePattern] = [
+            RoutePattern.parse(r, field_name="routes") for r in extra_routes
+        ]
+        for p in bound:
+            for r in getattr(p, "routes", None) or ():
+                patterns.append(RoutePattern.parse(r, field_name=f"{type(p).__name__}.routes"))
+        self.router = Router(patterns)
+        self._policy_routes: list[frozenset[int] | None] = []
+        for p in bound:
+            rs = getattr(p, "routes", None)
+            if rs is None:
+                self._policy_routes.append(None)
+            else:
+                self._policy_routes.append(
+                    frozenset(self.router.index(RoutePattern.parse(r).key) for r in rs)
+                )
+        self._plans: dict[frozenset[int], _Plan] = {}
+        self.has_routes = bool(self.router.patterns)
+        self.empty = not bound and not strict_routes
+        # Requests matching no route, with no policy at all, need no plan work.
+        self._global_plan = self._plan_for(frozenset())
+
+    def match(self, method: str, path: str) -> RouteMatch:
+        return self.router.match(method, path)
+
+    def plan(self, match: RouteMatch) -> _Plan:
+        plan = self._plans.get(match.matched)
+        if plan is None:
+            plan = self._plan_for(match.matched)
+            if len(self._plans) < 4096:
+                self._plans[match.matched] = plan
+        return plan
+
+    def _plan_for(self, matched: frozenset[int]) -> _Plan:
+        phases: list[list[Any]] = []
+        hooks: list[Any] = []
+        current: list[Any] = []
+        current_phase = None
+        for p, rs in zip(self.policies, self._policy_routes):
+            if rs is not None and not (rs & matched):
+                continue
+            if p.phase != current_phase:
+                if current:
+                    phases.append(current)
+                current, current_phase = [], p.phase
+            current.append(p)
+            if getattr(p, "on_response", None) is not None:
+                hooks.append(p)
+        if current:
+            phases.append(current)
+        return _Plan(phases, hooks)
+
+    # -- the flow both drivers run ----------------------------------------------------------
+
+    def flow(
+        self, plan: _Plan, request: Request, ctx: RequestContext
+    ) -> Generator[list[Any], list[Any], Decision]:
+        """Run every phase; yields batches of effects, receives their outcomes."""
+        for phase in plan.phases:
+            decision = yield from _run_phase(phase, request, ctx)
+            if decision is not None:
+                return decision
+        return None
+
+
+def _merge(ctx: RequestContext, allow: Allow) -> None:
+    if allow.authorizer:
+        ctx.authorizer.update(allow.authorizer)
+    if allow.identity:
+        for key, value in allow.identity.items():
+            setattr(ctx.identity, key, value)
+
+
+def _terminal(decision: Any, ctx: RequestContext) -> Decision:
+    """``decision`` if it ends the request; merges an Allow and returns None otherwise."""
+    if decision is None:
+        return None
+    if type(decision) is Allow:
+        _merge(ctx, decision)
+        return None
+    if isinstance(decision, (Deny, Respond)):
+        return decision
+    if isinstance(decision, Allow):
+        _merge(ctx, decision)
+        return None
+    logger.error("policy flow returned %r, not a decision", type(decision).__name__)
+    return Deny("API_CONFIGURATION_ERROR")
+
+
+def _policy_failed(policy: Any, exc: BaseException) -> Deny:
+    if isinstance(exc, GatewayError):
+        return Deny(exc.response_type, exc.message, headers=exc.headers)
+    logger.error(
+        "policy %s failed; answering 500 API_CONFIGURATION_ERROR",
+        type(policy).__name__,
+        exc_info=exc,
+    )
+    return Deny("API_CONFIGURATION_ERROR")
+
+
+class _Suspended:
+    __slots__ = ("effect", "gen", "policy")
+
+    def __init__(self, policy: Any, gen: Generator[Any, Any, Any], effect: Any) -> None:
+        self.policy = policy
+        self.gen = gen
+        self.effect = effect
+
+
+def _advance(
+    policy: Any, gen: Generator[Any, Any, Any], value: Any, is_error: bool
+) -> Generator[list[Any], list[Any], tuple[Any, Any]]:
+    """Step one flow until it yields a batchable effect (returns ``("wait", effect)``) or
+    finishes (returns ``("done", decision)``). Unbatchable effects are performed on the way,
+    one batch of one each."""
+    while True:
+        try:
+            effect = gen.throw(value) if is_error else gen.send(value)
+        except StopIteration as stop:
+            return "done", stop.value
+        except (ClientDisconnect, BodyTooLarge):
+            raise
+        except Exception as exc:
+            return "done", _policy_failed(policy, exc)
+        if getattr(effect, "batcher", None) is not None:
+            return "wait", effect
+        outcome = (yield [effect])[0]
+        value, is_error = outcome, isinstance(outcome, BaseException)
+
+
+def _run_phase(
+    policies: list[Any], request: Request, ctx: RequestContext
+) -> Generator[list[Any], list[Any], Decision]:
+    waiting: list[_Suspended] = []
+    for policy in policies:
+        try:
+            result = policy.flow(request, ctx)
+        except (ClientDisconnect, BodyTooLarge):
+            raise
+        except Exception as exc:
+            _close(waiting)
+            return _policy_failed(policy, exc)
+        if type(result) is not GeneratorType:
+            decision = _terminal(result, ctx)
+            if decision is not None:
+                _close(waiting)
+                return decision
+            continue
+        state, value = yield from _advance(policy, result, None, False)
+        if state == "wait":
+            waiting.append(_Suspended(policy, result, value))
+            continue
+        decision = _terminal(value, ctx)
+        if decision is not None:
+            _close(waiting)
+            return decision
+    while waiting:
+        outcomes = yield [s.effect for s in waiting]
+        still: list[_Suspended] = []
+        for i, (s, outcome) in enumerate(zip(waiting, outcomes)):
+            state, value = yield from _advance(
+                s.policy, s.gen, outcome, isinstance(outcome, BaseException)
+            )
+            if state == "wait":
+                s.effect = value
+                still.append(s)
+                continue
+            decision = _terminal(value, ctx)
+            if decision is not None:
+                _close(still)
+                _close(waiting[i + 1 :])
+                return decision
+        waiting = still
+    return None
+
+
+def _close(suspended: Iterable[_Suspended]) -> None:
+    for s in suspended:
+        s.gen.close()
+
+
+class ClientDisconnect(Exception):  # noqa: N818 - mirrors the ASGI event name
+    """The client went away while the gateway was reading the body."""
+
+
+class BodyTooLarge(Exception):  # noqa: N818
+    """The body grew past ``max_body_size`` while it was read."""
+
+
+# -- drivers -------------------------------------------------------------------------------
+
+
+def _group(batch: list[Any]) -> list[tuple[Any, list[int]]]:
+    groups: dict[int, tuple[Any, list[int]]] = {}
+    order: list[tuple[Any, list[int]]] = []
+    for i, effect in enumerate(batch):
+        batcher = getattr(effect, "batcher", None)
+        if batcher is None:
+            order.append((None, [i]))
+            continue
+        entry = groups.get(id(batcher))
+        if entry is None:
+            entry = groups[id(batcher)] = (batcher, [])
+            order.append(entry)
+        entry[1].append(i)
+    return order
+
+
+def perform_sync(batch: list[Any]) -> list[Any]:
+    """Perform a batch of effects, blocking; exceptions become outcomes."""
+    outcomes: list[Any] = [None] * len(batch)
+    for batcher, idx in _group(batch):
+        try:
+            if batcher is None:
+                outcomes[idx[0]] = batch[idx[0]].run_sync()
+            else:
+                results = batcher.run_many_sync([batch[i] for i in idx])
+                for i, r in zip(idx, results):
+                    outcomes[i] = r
+        except (ClientDisconnect, BodyTooLarge):
+            raise
+        except Exception as exc:
+            for i in idx:
+                outcomes[i] = exc
+    return outcomes
+
+
+async def perform_async(batch: list[Any]) -> list[Any]:
+    """Perform a batch of effects on the event loop; exceptions become outcomes."""
+    outcomes: list[Any] = [None] * len(batch)
+    for batcher, idx in _group(batch):
+        try:
+            if batcher is None:
+                outcomes[idx[0]] = await batch[idx[0]].run_async()
+            else:
+                results = await batcher.run_many_async([batch[i] for i in idx])
+                for i, r in zip(idx, results):
+                    outcomes[i] = r
+        except (ClientDisconnect, BodyTooLarge):
+            raise
+        except Exception as exc:
+            for i in idx:
+                outcomes[i] = exc
+    return outcomes
+
+
+def drive_sync(flow: Generator[list[Any], list[Any], Decision]) -> Decision:
+    """Run a pipeline flow to its decision, performing effects with blocking calls."""
+    try:
+        batch = next(flow)
+        while True:
+            batch = flow.send(perform_sync(batch))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    except BodyTooLarge:
+        flow.close()
+        return Deny("REQUEST_TOO_LARGE")
+
+
+async def drive_async(flow: Generator[list[Any], list[Any], Decision]) -> Decision:
+    """Run a pipeline flow to its decision, awaiting effects."""
+    try:
+        batch = next(flow)
+        while True:
+            batch = flow.send(await perform_async(batch))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    except BodyTooLarge:
+        flow.close()
+        return Deny("REQUEST_TOO_LARGE")

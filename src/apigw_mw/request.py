@@ -1,0 +1,277 @@
+"""The request view that policies read.
+
+A :class:`Request` is built once per request from an ASGI scope or a WSGI environ. It is
+cheap to build: headers, query parameters, the client address and the body are parsed
+only when a policy first asks for them. Policies never mutate it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+if TYPE_CHECKING:
+    from .effects import ReadBody
+
+__all__ = ["Headers", "Request", "TrustedProxies"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only request headers.
+
+    ``headers["x-api-key"]`` gives the first value of a header; :meth:`getlist` gives every
+    value in the order received (duplicates matter: several ``x-api-key`` headers are an
+    error for the API-key policy). Names and values are decoded as Latin-1, as HTTP allows,
+    so no header byte can make decoding fail.
+    """
+
+    __slots__ = ("_items", "_map")
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self._items = items
+        mapping: dict[str, str] = {}
+        for name, value in items:
+            mapping.setdefault(name, value)
+        self._map = mapping
+
+    @classmethod
+    def from_raw(cls, raw: Any) -> Headers:
+        """From ASGI's ``[(name_bytes, value_bytes), ...]``."""
+        return cls([(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw])
+
+    def __getitem__(self, name: str) -> str:
+        return self._map[name.lower()]
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._map.get(name.lower(), default)
+
+    def getlist(self, name: str) -> list[str]:
+        """Every value of header ``name``, in order."""
+        name = name.lower()
+        return [v for k, v in self._items if k == name]
+
+    def items_list(self) -> list[tuple[str, str]]:
+        """All ``(lower-case name, value)`` pairs in order, duplicates included."""
+        return list(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._map
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __repr__(self) -> str:
+        return f"Headers({sorted(self._map)!r})"
+
+
+class TrustedProxies:
+    """Addresses whose ``X-Forwarded-For`` hops are believed.
+
+    The client address is the rightmost hop in ``X-Forwarded-For`` that is not a trusted
+    proxy, reached by walking from the socket peer leftwards; with no trusted proxies, it is
+    the socket peer, whatever the header says.
+    """
+
+    __slots__ = ("_exact", "_networks")
+
+    def __init__(self, entries: tuple[str, ...] | list[str] = ()) -> None:
+        from .exceptions import ConfigurationError
+
+        self._networks: list[IPNetwork] = []
+        self._exact: set[str] = set()
+        for entry in entries:
+            if not isinstance(entry, str):
+                raise ConfigurationError("trusted_proxies", f"{entry!r} is not an address or CIDR")
+            try:
+                net = ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    "trusted_proxies", f"{entry!r} is not an address or CIDR"
+                ) from exc
+            self._networks.append(net)
+            if net.num_addresses == 1:
+                self._exact.add(str(net.network_address))
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, address: str) -> bool:
+        if address in self._exact:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._networks)
+
+    def client_address(self, peer: str | None, forwarded_for: list[str]) -> str | None:
+        if peer is None or not self._networks or not self.trusts(peer):
+            return peer
+        hops = [h.strip() for value in forwarded_for for h in value.split(",")]
+        client = peer
+        for hop in reversed(hops):
+            if not hop:
+                break
+            # Accept "1.2.3.4:5678" and "[::1]:80" forms some proxies write.
+            candidate = hop
+            if candidate.startswith("["):
+                candidate = candidate[1:].partition("]")[0]
+            elif candidate.count(":") == 1:
+                candidate = candidate.partition(":")[0]
+            try:
+                ipaddress.ip_address(candidate)
+            except ValueError:
+                break
+            client = candidate
+            if not self.trusts(candidate):
+                break
+        return client
+
+
+class Request:
+    """An immutable view of one HTTP request, shared by every policy.
+
+    Attributes:
+        method: the upper-case HTTP method.
+        path: the decoded path the app routes on, after ``root_path``/``SCRIPT_NAME`` and the
+            stage's base path are stripped.
+        raw_path: the path as received, percent-encoding intact (bytes).
+        query_string: the raw query string (bytes, without ``?``).
+        scheme: ``http`` or ``https``.
+        peer: the socket peer address, or ``None``.
+        raw: the ASGI scope or WSGI environ the view was built from.
+
+    Example, in a custom policy::
+
+        def flow(self, request, context):
+            if request.headers.get("x-tenant") is None:
+                return Deny("BAD_REQUEST_PARAMETERS", "Missing required request parameters: [x-tenant]")
+            return None
+    """
+
+    __slots__ = (
+        "_body",
+        "_body_reader",
+        "_client",
+        "_headers",
+        "_proxies",
+        "_query",
+        "_raw_headers",
+        "content_length",
+        "method",
+        "path",
+        "peer",
+        "raw",
+        "raw_path",
+        "query_string",
+        "scheme",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        raw_path: bytes,
+        query_string: bytes,
+        scheme: str,
+        peer: str | None,
+        raw: Any,
+        raw_headers: Any = None,
+        headers: Headers | None = None,
+        proxies: TrustedProxies | None = None,
+        content_length: int | None = None,
+        body_reader: Any = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.raw_path = raw_path
+        self.query_string = query_string
+        self.scheme = scheme
+        self.peer = peer
+        self.raw = raw
+        self.content_length = content_length
+        self._raw_headers = raw_headers
+        self._headers = headers
+        self._proxies = proxies
+        self._query: dict[str, list[str]] | None = None
+        self._client: str | None | bool = False
+        self._body: bytes | None = None
+        self._body_reader = body_reader
+
+    @property
+    def headers(self) -> Headers:
+        """The request headers (case-insensitive)."""
+        h = self._headers
+        if h is None:
+            raw = self._raw_headers
+            h = self._headers = raw() if callable(raw) else Headers.from_raw(raw or ())
+        return h
+
+    @property
+    def query(self) -> Mapping[str, list[str]]:
+        """Query parameters: name to every value, in order (``?q=`` gives ``[""]``)."""
+        q = self._query
+        if q is None:
+            q = {}
+            if self.query_string:
+                text = self.query_string.decode("latin-1")
+                for k, v in parse_qsl(text, keep_blank_values=True, errors="replace"):
+                    q.setdefault(k, []).append(v)
+            self._query = q
+        return q
+
+    @property
+    def source_ip(self) -> str | None:
+        """The client address: the peer, or through trusted proxies' ``X-Forwarded-For``."""
+        c = self._client
+        if c is False:
+            proxies = self._proxies
+            if proxies:
+                c = proxies.client_address(self.peer, self.headers.getlist("x-forwarded-for"))
+            else:
+                c = self.peer
+            self._client = c
+        return c  # type: ignore[return-value]
+
+    @property
+    def body(self) -> bytes | None:
+        """The body, once a policy has read it with :meth:`read_body`; else ``None``."""
+        return self._body
+
+    def read_body(self) -> ReadBody:
+        """An effect that reads the whole body; yield it from a policy flow::
+
+        body = yield request.read_body()
+        """
+        from .effects import ReadBody
+
+        return ReadBody(self)
+
+    # Used by the effect drivers.
+    def _set_body(self, body: bytes) -> None:
+        self._body = body
+
+    def _reader(self) -> Any:
+        return self._body_reader
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path}>"
+
+
+def header_value(raw_headers: Any, name: bytes) -> bytes | None:
+    """First value of a header from ASGI raw headers, without building a mapping."""
+    for k, v in raw_headers:
+        if k == name or k.lower() == name:
+            return v  # type: ignore[no-any-return]
+    return None
+
+
+BodyReader = Callable[[], bytes]
