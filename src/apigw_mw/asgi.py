@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from time import perf_counter
 from typing import Any
 
 from .gateway import Gateway
@@ -158,35 +159,46 @@ class GatewayMiddleware:
             user_agent.decode("latin-1") if user_agent is not None else None,
         )
         plan, decision = gw.route(request, ctx, gw.route_path(path))
+        if plan.request_hooks:
+            gw.request_hooks(plan, request, ctx)
         if decision is None and content_length is not None:
             decision = gw.too_large(content_length)
         if decision is None and plan.phases:
             try:
                 decision = await drive_async(gw.pipeline.flow(plan, request, ctx))
             except ClientDisconnect:
+                if plan.complete_hooks:
+                    gw.complete_hooks(plan, request, ctx)
                 return
         if decision is not None:
             status, headers, body = gw.gateway_response(decision, request, ctx, plan)
-            await _respond(send, status, headers, body)
+            try:
+                await _respond(send, status, headers, body)
+            finally:
+                if plan.complete_hooks:
+                    gw.complete_hooks(plan, request, ctx)
             return
 
-        body = request.body
+        buffered = request.body
         limited: _Limited | None = None
-        if body is not None:
-            receive = _replay(body, receive)
+        if buffered is not None:
+            receive = _replay(buffered, receive)
         elif chunked and gw.max_body_size is not None:
             limited = _Limited(receive, gw.max_body_size)
             receive = limited.receive
         rid = request_id.encode("latin-1")
         hooks = plan.response_hooks
+        counting = bool(plan.complete_hooks)
         started = False
         cut = False  # the gateway answers instead of the app (timeout, body over the limit)
+        app_start = perf_counter()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started
             if cut or (limited is not None and limited.exceeded):
                 return
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.start":
                 if started:
                     return
                 started = True
@@ -194,11 +206,14 @@ class GatewayMiddleware:
                 headers.append((b"x-amzn-requestid", rid))
                 status = message["status"]
                 ctx.status = status
+                ctx.integration_latency = int((perf_counter() - app_start) * 1000)
                 if hooks:
                     head = ResponseHead(status, headers)
                     gw.on_response(plan, request, ctx, head)
                     headers = head.headers
                 message = {**message, "headers": headers}
+            elif counting and kind == "http.response.body":
+                ctx.response_length = (ctx.response_length or 0) + len(message.get("body", b""))
             await send(message)
 
         scope = dict(scope)
@@ -241,11 +256,13 @@ class GatewayMiddleware:
         finally:
             if handle is not None:
                 handle.cancel()
-        if answer is None and limited is not None and limited.exceeded and not started:
-            answer = _TOO_LARGE
-        if answer is not None:
-            status, headers, body = gw.gateway_response(answer, request, ctx, plan)
-            await _respond(send, status, headers, body)
+            if answer is None and limited is not None and limited.exceeded and not started:
+                answer = _TOO_LARGE
+            if answer is not None:
+                status, headers, body = gw.gateway_response(answer, request, ctx, plan)
+                await _respond(send, status, headers, body)
+            if counting:
+                gw.complete_hooks(plan, request, ctx)
 
 
 async def _respond(

@@ -23,7 +23,8 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 # random offset. That costs a fraction of uuid4() and stays unique across processes with the
 # prefix's 62 random bits.
 _rand = os.urandom(16).hex()
-_PREFIX = f"{_rand[:8]}-{_rand[8:12]}-4{_rand[12:15]}-{'89ab'[int(_rand[15], 16) % 4]}{_rand[16:19]}-"
+_VARIANT = "89ab"[int(_rand[15], 16) % 4]
+_PREFIX = f"{_rand[:8]}-{_rand[8:12]}-4{_rand[12:15]}-{_VARIANT}{_rand[16:19]}-"
 _counter = itertools.count(int(_rand[19:31], 16))
 
 
@@ -153,6 +154,7 @@ class RequestContext:
         "integration_latency",
         "path",
         "path_parameters",
+        "policy_trace",
         "protocol",
         "request_id",
         "request_time_epoch",
@@ -200,6 +202,9 @@ class RequestContext:
         self.integration_latency: int | None = None
         #: Free-form values policies share with each other and with log formats.
         self.extra: dict[str, Any] = {}
+        #: When an observer sets a list here in ``on_request``, the pipeline appends
+        #: ``(policy, start_ns, end_ns, decision)`` for each policy it runs.
+        self.policy_trace: list[tuple[Any, int, int, Any]] | None = None
 
     @property
     def extended_request_id(self) -> str:

@@ -94,7 +94,8 @@ class Cors(BasePolicy):
         self._exact = frozenset(o.lower() for o in origins if "*" not in o)
         self._wildcards = tuple(
             re.compile(
-                "^" + re.escape(o.lower()).replace(r"\*\.", r"[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.")
+                "^"
+                + re.escape(o.lower()).replace(r"\*\.", r"[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.")
                 + "$"
             )
             for o in origins
@@ -169,9 +170,13 @@ class Cors(BasePolicy):
         return True
 
     def on_response(self, request: Request, context: RequestContext, head: ResponseHead) -> None:
-        if head.from_gateway and head.status == 204 and request.method == "OPTIONS":
-            if any(k == b"access-control-allow-origin" or k == b"vary" for k, _ in head.headers):
-                return  # our own preflight answer
+        if (
+            head.from_gateway
+            and head.status == 204
+            and request.method == "OPTIONS"
+            and any(k in (b"access-control-allow-origin", b"vary") for k, _ in head.headers)
+        ):
+            return  # our own preflight answer
         headers = [(k, v) for k, v in head.headers if not k.startswith(_CORS_PREFIX)]
         origin = request.headers.get("origin")
         if origin is not None and self.origin_allowed(origin):

@@ -111,9 +111,10 @@ def _run_coroutine_sync(awaitable: Awaitable[T]) -> T:
         loop = getattr(_local, "loop", None)
         if loop is None or loop.is_closed():
             loop = _local.loop = asyncio.new_event_loop()
-        return loop.run_until_complete(awaitable)  # type: ignore[arg-type]
+        return loop.run_until_complete(awaitable)
     # Called from inside a running loop's thread: finish it on a helper thread's loop.
-    return _executor().submit(_run_coroutine_sync, awaitable).result()
+    future: concurrent.futures.Future[T] = _executor().submit(_run_coroutine_sync, awaitable)
+    return future.result()
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -170,10 +171,10 @@ class Call(Generic[T]):
         return self._call_sync()
 
     def _call_sync(self) -> T:
-        result = self.func(*self.args)
+        result: Any = self.func(*self.args)
         if inspect.isawaitable(result):
-            return _run_coroutine_sync(result)
-        return result  # type: ignore[return-value]
+            return _run_coroutine_sync(result)  # type: ignore[no-any-return]
+        return result  # type: ignore[no-any-return]
 
     async def run_async(self) -> T:
         try:

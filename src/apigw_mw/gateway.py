@@ -7,6 +7,7 @@ policies.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,8 +19,8 @@ from .request import Request, TrustedProxies
 from .responses import DEFAULT_RESPONSES, Deny, GatewayResponses, Respond
 from .routes import RouteMatch, Stage
 
-_UUID = re.compile(rb"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_EMPTY_PLAN = _Plan([], [])
+_UUID = re.compile(rb"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+logger = logging.getLogger("apigw_mw")
 _MISSING_TOKEN = Deny("MISSING_AUTHENTICATION_TOKEN")
 _TOO_LARGE = Deny("REQUEST_TOO_LARGE")
 
@@ -87,7 +88,8 @@ class Gateway:
         if isinstance(trusted_proxies, str):
             trusted_proxies = [trusted_proxies]
         if max_body_size is not None and (
-            not isinstance(max_body_size, int) or isinstance(max_body_size, bool)
+            not isinstance(max_body_size, int)
+            or isinstance(max_body_size, bool)
             or max_body_size < 0
         ):
             raise ConfigurationError("max_body_size", "must be a non-negative int or None")
@@ -149,7 +151,7 @@ class Gateway:
 
     def route(
         self, request: Request, ctx: RequestContext, route_path: str | None
-    ) -> tuple[_Plan, Deny | None]:
+    ) -> tuple[_Plan, Deny | Respond | None]:
         """Match the request, fill the context's route fields, pick the plan."""
         pipeline = self.pipeline
         if route_path is None:
@@ -209,8 +211,18 @@ class Gateway:
             try:
                 policy.on_response(request, ctx, head)
             except Exception:
-                import logging
+                logger.exception("on_response of %s failed", type(policy).__name__)
 
-                logging.getLogger("apigw_mw").exception(
-                    "on_response of %s failed", type(policy).__name__
-                )
+    def request_hooks(self, plan: _Plan, request: Request, ctx: RequestContext) -> None:
+        for policy in plan.request_hooks:
+            try:
+                policy.on_request(request, ctx)
+            except Exception:
+                logger.exception("on_request of %s failed", type(policy).__name__)
+
+    def complete_hooks(self, plan: _Plan, request: Request, ctx: RequestContext) -> None:
+        for policy in plan.complete_hooks:
+            try:
+                policy.on_complete(request, ctx)
+            except Exception:
+                logger.exception("on_complete of %s failed", type(policy).__name__)

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from time import perf_counter_ns
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -43,19 +44,23 @@ __all__ = [
 logger = logging.getLogger("apigw_mw")
 
 Decision = Allow | Deny | Respond | None
+Outcome = Deny | Respond | None
 Flow = Generator[Any, Any, Decision]
 
 
 class Phase(IntEnum):
     """The gateway's fixed request phases, in the order they run.
 
-    ``CORS`` answers preflights; ``RESOURCE_POLICY`` applies source-IP rules; ``MTLS`` checks
+    ``OBSERVE`` holds observers (tracing, access logs, metrics) that watch every request
+    through the ``on_request`` / ``on_complete`` hooks rather than decide it; ``CORS``
+    answers preflights; ``RESOURCE_POLICY`` applies source-IP rules; ``MTLS`` checks
     client certificates; ``THROTTLE`` holds the limits that need no caller identity (stage,
     route, source IP), shielding the authorizers from floods; ``AUTHORIZE`` runs
     authorizers; ``API_KEY`` checks API keys with their usage plans and quotas; ``VALIDATE``
     validates the request; ``CACHE`` answers from the response cache.
     """
 
+    OBSERVE = 0
     CORS = 10
     RESOURCE_POLICY = 20
     MTLS = 30
@@ -98,12 +103,20 @@ class Policy(Protocol):
             :class:`GatewaySettings`; returns the object to run (usually ``self``).
         on_response(request, context, head): optional; edit the outgoing
             :class:`ResponseHead` (every response, gateway responses included).
+        on_request(request, context): optional; called once the route is known, before
+            any phase runs (observers start spans and timers here).
+        on_complete(request, context): optional; called once the response has been sent
+            in full (or the request ended without one); ``context.status``,
+            ``context.response_length`` and ``context.integration_latency`` are set.
 
     Subclass :class:`BasePolicy` rather than implementing this from scratch.
     """
 
-    phase: Phase
-    routes: tuple[str, ...] | None
+    @property
+    def phase(self) -> Phase: ...
+
+    @property
+    def routes(self) -> tuple[str, ...] | None: ...
 
     def flow(self, request: Request, context: RequestContext) -> Decision | Flow: ...
 
@@ -143,6 +156,8 @@ class BasePolicy:
         return self
 
     on_response: Callable[[Request, RequestContext, ResponseHead], None] | None = None
+    on_request: Callable[[Request, RequestContext], None] | None = None
+    on_complete: Callable[[Request, RequestContext], None] | None = None
 
 
 def _routes_arg(routes: Iterable[str] | None, field_name: str) -> tuple[str, ...] | None:
@@ -196,11 +211,19 @@ class GatewaySettings:
 class _Plan:
     """The policies that apply to one set of matched routes, grouped by phase."""
 
-    __slots__ = ("phases", "response_hooks")
+    __slots__ = ("complete_hooks", "phases", "request_hooks", "response_hooks")
 
-    def __init__(self, phases: list[list[Any]], response_hooks: list[Any]) -> None:
+    def __init__(
+        self,
+        phases: list[list[Any]],
+        response_hooks: list[Any],
+        request_hooks: list[Any] | None = None,
+        complete_hooks: list[Any] | None = None,
+    ) -> None:
         self.phases = phases
         self.response_hooks = response_hooks
+        self.request_hooks = request_hooks or []
+        self.complete_hooks = complete_hooks or []
 
 
 class Pipeline:
@@ -264,27 +287,35 @@ class Pipeline:
     def _plan_for(self, matched: frozenset[int]) -> _Plan:
         phases: list[list[Any]] = []
         hooks: list[Any] = []
+        request_hooks: list[Any] = []
+        complete_hooks: list[Any] = []
         current: list[Any] = []
         current_phase = None
         for p, rs in zip(self.policies, self._policy_routes):
             if rs is not None and not (rs & matched):
                 continue
+            if getattr(p, "on_response", None) is not None:
+                hooks.append(p)
+            if getattr(p, "on_request", None) is not None:
+                request_hooks.append(p)
+            if getattr(p, "on_complete", None) is not None:
+                complete_hooks.append(p)
+            if p.phase == Phase.OBSERVE and type(p).flow is BasePolicy.flow:
+                continue  # a pure observer: nothing to decide
             if p.phase != current_phase:
                 if current:
                     phases.append(current)
                 current, current_phase = [], p.phase
             current.append(p)
-            if getattr(p, "on_response", None) is not None:
-                hooks.append(p)
         if current:
             phases.append(current)
-        return _Plan(phases, hooks)
+        return _Plan(phases, hooks, request_hooks, complete_hooks)
 
     # -- the flow both drivers run ----------------------------------------------------------
 
     def flow(
         self, plan: _Plan, request: Request, ctx: RequestContext
-    ) -> Generator[list[Any], list[Any], Decision]:
+    ) -> Generator[list[Any], list[Any], Outcome]:
         """Run every phase; yields batches of effects, receives their outcomes."""
         for phase in plan.phases:
             decision = yield from _run_phase(phase, request, ctx)
@@ -301,7 +332,7 @@ def _merge(ctx: RequestContext, allow: Allow) -> None:
             setattr(ctx.identity, key, value)
 
 
-def _terminal(decision: Any, ctx: RequestContext) -> Decision:
+def _terminal(decision: Any, ctx: RequestContext) -> Outcome:
     """``decision`` if it ends the request; merges an Allow and returns None otherwise."""
     if decision is None:
         return None
@@ -329,12 +360,15 @@ def _policy_failed(policy: Any, exc: BaseException) -> Deny:
 
 
 class _Suspended:
-    __slots__ = ("effect", "gen", "policy")
+    __slots__ = ("effect", "gen", "policy", "started")
 
-    def __init__(self, policy: Any, gen: Generator[Any, Any, Any], effect: Any) -> None:
+    def __init__(
+        self, policy: Any, gen: Generator[Any, Any, Any], effect: Any, started: int
+    ) -> None:
         self.policy = policy
         self.gen = gen
         self.effect = effect
+        self.started = started
 
 
 def _advance(
@@ -358,11 +392,19 @@ def _advance(
         value, is_error = outcome, isinstance(outcome, BaseException)
 
 
+def _record(ctx: RequestContext, policy: Any, started: int, outcome: Any) -> None:
+    trace = ctx.policy_trace
+    if trace is not None:
+        trace.append((policy, started, perf_counter_ns(), outcome))
+
+
 def _run_phase(
     policies: list[Any], request: Request, ctx: RequestContext
-) -> Generator[list[Any], list[Any], Decision]:
+) -> Generator[list[Any], list[Any], Outcome]:
     waiting: list[_Suspended] = []
+    tracing = ctx.policy_trace is not None
     for policy in policies:
+        started = perf_counter_ns() if tracing else 0
         try:
             result = policy.flow(request, ctx)
         except (ClientDisconnect, BodyTooLarge):
@@ -372,15 +414,19 @@ def _run_phase(
             return _policy_failed(policy, exc)
         if type(result) is not GeneratorType:
             decision = _terminal(result, ctx)
+            if tracing:
+                _record(ctx, policy, started, decision)
             if decision is not None:
                 _close(waiting)
                 return decision
             continue
         state, value = yield from _advance(policy, result, None, False)
         if state == "wait":
-            waiting.append(_Suspended(policy, result, value))
+            waiting.append(_Suspended(policy, result, value, started))
             continue
         decision = _terminal(value, ctx)
+        if tracing:
+            _record(ctx, policy, started, decision)
         if decision is not None:
             _close(waiting)
             return decision
@@ -396,6 +442,8 @@ def _run_phase(
                 still.append(s)
                 continue
             decision = _terminal(value, ctx)
+            if tracing:
+                _record(ctx, s.policy, s.started, decision)
             if decision is not None:
                 _close(still)
                 _close(waiting[i + 1 :])
@@ -409,11 +457,11 @@ def _close(suspended: Iterable[_Suspended]) -> None:
         s.gen.close()
 
 
-class ClientDisconnect(Exception):  # noqa: N818 - mirrors the ASGI event name
+class ClientDisconnect(Exception):
     """The client went away while the gateway was reading the body."""
 
 
-class BodyTooLarge(Exception):  # noqa: N818
+class BodyTooLarge(Exception):
     """The body grew past ``max_body_size`` while it was read."""
 
 
@@ -474,7 +522,7 @@ async def perform_async(batch: list[Any]) -> list[Any]:
     return outcomes
 
 
-def drive_sync(flow: Generator[list[Any], list[Any], Decision]) -> Decision:
+def drive_sync(flow: Generator[list[Any], list[Any], Outcome]) -> Outcome:
     """Run a pipeline flow to its decision, performing effects with blocking calls."""
     try:
         batch = next(flow)
@@ -487,7 +535,7 @@ def drive_sync(flow: Generator[list[Any], list[Any], Decision]) -> Decision:
         return Deny("REQUEST_TOO_LARGE")
 
 
-async def drive_async(flow: Generator[list[Any], list[Any], Decision]) -> Decision:
+async def drive_async(flow: Generator[list[Any], list[Any], Outcome]) -> Outcome:
     """Run a pipeline flow to its decision, awaiting effects."""
     try:
         batch = next(flow)

@@ -46,7 +46,7 @@ class Headers(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         return self._map[name.lower()]
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return self._map.get(name.lower(), default)
 
     def getlist(self, name: str) -> list[str]:
@@ -152,7 +152,8 @@ class Request:
 
         def flow(self, request, context):
             if request.headers.get("x-tenant") is None:
-                return Deny("BAD_REQUEST_PARAMETERS", "Missing required request parameters: [x-tenant]")
+                return Deny("BAD_REQUEST_PARAMETERS",
+                            "Missing required request parameters: [x-tenant]")
             return None
     """
 
@@ -168,9 +169,9 @@ class Request:
         "method",
         "path",
         "peer",
+        "query_string",
         "raw",
         "raw_path",
-        "query_string",
         "scheme",
     )
 
@@ -202,7 +203,7 @@ class Request:
         self._headers = headers
         self._proxies = proxies
         self._query: dict[str, list[str]] | None = None
-        self._client: str | None | bool = False
+        self._client: str | bool | None = False
         self._body: bytes | None = None
         self._body_reader = body_reader
 

@@ -51,35 +51,64 @@ RESPONSE_TYPES: Final[Mapping[str, ResponseType]] = MappingProxyType(
     {
         t.name: t
         for t in (
-            _t("ACCESS_DENIED", 403, "User is not authorized to access this resource",
-               "AccessDeniedException"),
-            _t("API_CONFIGURATION_ERROR", 500, "Internal server error",
-               "InternalServerErrorException"),
-            _t("AUTHORIZER_CONFIGURATION_ERROR", 500, None,
-               "AuthorizerConfigurationException"),
+            _t(
+                "ACCESS_DENIED",
+                403,
+                "User is not authorized to access this resource",
+                "AccessDeniedException",
+            ),
+            _t(
+                "API_CONFIGURATION_ERROR",
+                500,
+                "Internal server error",
+                "InternalServerErrorException",
+            ),
+            _t("AUTHORIZER_CONFIGURATION_ERROR", 500, None, "AuthorizerConfigurationException"),
             _t("AUTHORIZER_FAILURE", 500, None, "AuthorizerFailureException"),
-            _t("BAD_REQUEST_PARAMETERS", 400, "Missing required request parameters",
-               "BadRequestException"),
+            _t(
+                "BAD_REQUEST_PARAMETERS",
+                400,
+                "Missing required request parameters",
+                "BadRequestException",
+            ),
             _t("BAD_REQUEST_BODY", 400, "Invalid request body", "BadRequestException"),
-            _t("EXPIRED_TOKEN", 403, "The security token included in the request is expired",
-               "ExpiredTokenException"),
-            _t("INTEGRATION_FAILURE", 504, "Internal server error",
-               "InternalServerErrorException"),
-            _t("INTEGRATION_TIMEOUT", 504, "Endpoint request timed out",
-               "InternalServerErrorException"),
+            _t(
+                "EXPIRED_TOKEN",
+                403,
+                "The security token included in the request is expired",
+                "ExpiredTokenException",
+            ),
+            _t("INTEGRATION_FAILURE", 504, "Internal server error", "InternalServerErrorException"),
+            _t(
+                "INTEGRATION_TIMEOUT",
+                504,
+                "Endpoint request timed out",
+                "InternalServerErrorException",
+            ),
             _t("INVALID_API_KEY", 403, "Forbidden", "ForbiddenException"),
-            _t("INVALID_SIGNATURE", 403,
-               "The request signature we calculated does not match the signature you provided",
-               "InvalidSignatureException"),
-            _t("MISSING_AUTHENTICATION_TOKEN", 403, "Missing Authentication Token",
-               "MissingAuthenticationTokenException"),
+            _t(
+                "INVALID_SIGNATURE",
+                403,
+                "The request signature we calculated does not match the signature you provided",
+                "InvalidSignatureException",
+            ),
+            _t(
+                "MISSING_AUTHENTICATION_TOKEN",
+                403,
+                "Missing Authentication Token",
+                "MissingAuthenticationTokenException",
+            ),
             _t("QUOTA_EXCEEDED", 429, "Limit Exceeded", "LimitExceededException"),
             _t("REQUEST_TOO_LARGE", 413, "Request Too Long", "RequestTooLargeException"),
             _t("RESOURCE_NOT_FOUND", 404, "Not Found", "NotFoundException"),
             _t("THROTTLED", 429, "Too Many Requests", "TooManyRequestsException"),
             _t("UNAUTHORIZED", 401, "Unauthorized", "UnauthorizedException"),
-            _t("UNSUPPORTED_MEDIA_TYPE", 415, "Unsupported Media Type",
-               "UnsupportedMediaTypeException"),
+            _t(
+                "UNSUPPORTED_MEDIA_TYPE",
+                415,
+                "Unsupported Media Type",
+                "UnsupportedMediaTypeException",
+            ),
             _t("WAF_FILTERED", 403, "Forbidden", "WAFFilteredException"),
             _t("DEFAULT_4XX", 400, "Bad Request", "BadRequestException"),
             _t("DEFAULT_5XX", 500, "Internal server error", "InternalServerErrorException"),
@@ -216,13 +245,12 @@ class _Template:
                 parts.append(_Part(source[pos : m.start()]))
             name = (m.group(1) if m.group(1) is not None else m.group(2)).strip()
             path = tuple(name.split("."))
-            if path[0] == "context" and len(path) > 1:
-                pass
-            elif path[0] == "stageVariables" and len(path) == 2:
-                pass
-            elif _REF.match(name):
-                pass
-            else:
+            allowed = (
+                (path[0] == "context" and len(path) > 1)
+                or (path[0] == "stageVariables" and len(path) == 2)
+                or _REF.match(name) is not None
+            )
+            if not allowed:
                 raise ConfigurationError(
                     field_name,
                     f"${name} is not supported: use $context.*, $stageVariables.* or "
@@ -412,12 +440,12 @@ class GatewayResponses:
             (b"x-amz-apigw-id", ctx.extended_request_id.encode("latin-1")),
         ]
         headers.extend(compiled.static_headers)
-        for hname, where, param in compiled.dynamic_headers:
-            value = lookup.param(where, param)
-            if value:
-                headers.append((hname, value.encode("latin-1", "replace")))
-        for hname, hvalue in deny.headers.items():
-            headers.append((hname.lower().encode("latin-1"), str(hvalue).encode("latin-1")))
+        for bname, where, param in compiled.dynamic_headers:
+            found = lookup.param(where, param)
+            if found:
+                headers.append((bname, found.encode("latin-1", "replace")))
+        for name, value in deny.headers.items():
+            headers.append((name.lower().encode("latin-1"), str(value).encode("latin-1")))
         return compiled.status, headers, body
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
-from functools import partial
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
+from time import perf_counter
 from typing import Any
 
 from .gateway import Gateway
@@ -21,10 +22,19 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 _TOO_LARGE = Deny("REQUEST_TOO_LARGE")
 _REASONS = {
-    200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    404: "Not Found", 413: "Request Entity Too Large", 415: "Unsupported Media Type",
-    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout",
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -163,8 +173,9 @@ class WSGIGatewayMiddleware:
         request = Request(
             method=environ.get("REQUEST_METHOD", "GET").upper(),
             path=path or "/",
-            raw_path=(raw_path.partition("?")[0] if raw_path else environ.get("PATH_INFO", "/"))
-            .encode("latin-1", "replace"),
+            raw_path=(
+                raw_path.partition("?")[0] if raw_path else environ.get("PATH_INFO", "/")
+            ).encode("latin-1", "replace"),
             query_string=environ.get("QUERY_STRING", "").encode("latin-1", "replace"),
             scheme=environ.get("wsgi.url_scheme", "http"),
             peer=environ.get("REMOTE_ADDR") or None,
@@ -176,10 +187,14 @@ class WSGIGatewayMiddleware:
         supplied = environ.get("HTTP_X_AMZN_REQUESTID")
         request_id = gw.request_id(supplied.encode("latin-1") if supplied else None)
         ctx = gw.context(
-            request, request_id, environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
+            request,
+            request_id,
+            environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
             environ.get("HTTP_USER_AGENT"),
         )
         plan, decision = gw.route(request, ctx, gw.route_path(request.path))
+        if plan.request_hooks:
+            gw.request_hooks(plan, request, ctx)
         if decision is None and content_length is not None:
             decision = gw.too_large(content_length.encode("latin-1"))
         if decision is None and plan.phases:
@@ -188,7 +203,10 @@ class WSGIGatewayMiddleware:
             except ClientDisconnect:
                 decision = Deny("DEFAULT_4XX", "Bad Request")
         if decision is not None:
-            return self._answer(decision, request, ctx, plan, start_response)
+            answer = self._answer(decision, request, ctx, plan, start_response)
+            if plan.complete_hooks:
+                return _Observed(answer, gw, plan, request, ctx)
+            return answer
 
         body = request.body
         limited: _LimitedInput | None = None
@@ -207,11 +225,14 @@ class WSGIGatewayMiddleware:
         rid = ("x-amzn-RequestId", request_id)
         hooks = plan.response_hooks
 
+        app_start = perf_counter()
+
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if limited is not None and limited.exceeded:
                 return _discard
             code = int(status[:3])
             ctx.status = code
+            ctx.integration_latency = int((perf_counter() - app_start) * 1000)
             headers = [*headers, rid]
             if hooks:
                 head = ResponseHead(
@@ -228,7 +249,9 @@ class WSGIGatewayMiddleware:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-            return self._answer(_TOO_LARGE, request, ctx, plan, start_response)
+            result = self._answer(_TOO_LARGE, request, ctx, plan, start_response)
+        if plan.complete_hooks:
+            return _Observed(result, gw, plan, request, ctx)
         return result
 
     def _answer(
@@ -245,6 +268,38 @@ class WSGIGatewayMiddleware:
             [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
         )
         return [body]
+
+
+class _Observed:
+    """Wraps the response iterable: counts bytes and runs ``on_complete`` hooks on close."""
+
+    def __init__(
+        self, result: Iterable[bytes], gw: Gateway, plan: Any, request: Request, ctx: Any
+    ) -> None:
+        self._result = result
+        self._gw = gw
+        self._plan = plan
+        self._request = request
+        self._ctx = ctx
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        ctx = self._ctx
+        if ctx.response_length is None:
+            ctx.response_length = 0
+        for chunk in self._result:
+            ctx.response_length += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if not self._done:
+                self._done = True
+                self._gw.complete_hooks(self._plan, self._request, self._ctx)
 
 
 def _discard(data: bytes) -> None:

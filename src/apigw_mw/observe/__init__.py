@@ -1,0 +1,1 @@
+"""Tracing, access logs and metrics."""

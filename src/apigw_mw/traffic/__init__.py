@@ -1,0 +1,1 @@
+"""API keys, usage plans, token buckets and quotas."""
