@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from functools import partial
 from time import perf_counter
 from typing import Any
 
+from .context import RequestContext
 from .gateway import Gateway
 from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead, drive_async
 from .request import Request
-from .responses import Deny, GatewayResponses
+from .responses import Deny, GatewayResponses, Respond
 from .routes import Stage
 
 __all__ = ["GatewayMiddleware"]
@@ -22,6 +24,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _TIMEOUT = Deny("INTEGRATION_TIMEOUT")
+_PROTOCOLS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2", "2.0": "HTTP/2", "3": "HTTP/3"}
 _TOO_LARGE = Deny("REQUEST_TOO_LARGE")
 
 
@@ -105,6 +108,7 @@ class GatewayMiddleware:
         strict_routes: bool = False,
     ) -> None:
         self.app = app
+        self._watchdog: _Watchdog | None = None
         self.gateway = Gateway(
             policies=policies,
             stage=stage,
@@ -123,41 +127,46 @@ class GatewayMiddleware:
             return
         gw = self.gateway
         raw_headers = scope.get("headers") or ()
-        supplied_id = content_length = user_agent = None
+        supplied_id = content_length = None
         chunked = False
         for name, value in raw_headers:
             if name == b"content-length":
                 content_length = value
             elif name == b"x-amzn-requestid":
                 supplied_id = value
-            elif name == b"user-agent":
-                user_agent = value
             elif name == b"transfer-encoding":
                 chunked = True
         path = scope["path"]
         root_path = scope.get("root_path")
         if root_path and path.startswith(root_path):
             path = path[len(root_path) :] or "/"
-        client = scope.get("client")
-        request = Request(
-            method=scope["method"],
-            path=path,
-            raw_path=scope.get("raw_path") or path.encode("utf-8", "surrogateescape"),
-            query_string=scope.get("query_string", b""),
-            scheme=scope.get("scheme", "http"),
-            peer=client[0] if client else None,
-            raw=scope,
-            raw_headers=raw_headers,
-            proxies=gw.proxies,
-            body_reader=_Body(receive, gw.max_body_size),
-        )
-        request_id = gw.request_id(supplied_id)
-        ctx = gw.context(
-            request,
-            request_id,
-            "HTTP/" + scope.get("http_version", "1.1"),
-            user_agent.decode("latin-1") if user_agent is not None else None,
-        )
+        protocol = _PROTOCOLS.get(scope.get("http_version", "1.1")) or "HTTP/1.1"
+        decision: Deny | Respond | None
+        if gw.empty:
+            # No policy and no route: only the request id, the size limit and the context.
+            ctx = RequestContext._new(
+                gw.request_id(supplied_id),
+                scope["method"],
+                path,
+                protocol,
+                gw.stage,
+                partial(self._request, scope, receive, path),
+            )
+            plan = gw.pipeline._global_plan
+            if content_length is not None:
+                decision = gw.too_large(content_length)
+                if decision is not None:
+                    status, headers, body = gw.gateway_response(decision, None, ctx, plan)
+                    await _respond(send, status, headers, body)
+                    return
+            ex = _Exchange(gw, plan, ctx, send)
+            if chunked and gw.max_body_size is not None:
+                ex.limited = _Limited(receive, gw.max_body_size)
+                receive = ex.limited.receive
+            await self._call_app(scope, receive, send, ex)
+            return
+        request = self._request(scope, receive, path)
+        ctx = gw.context(request, gw.request_id(supplied_id), protocol)
         plan, decision = gw.route(request, ctx, gw.route_path(path))
         if plan.request_hooks:
             gw.request_hooks(plan, request, ctx)
@@ -180,89 +189,168 @@ class GatewayMiddleware:
             return
 
         buffered = request.body
-        limited: _Limited | None = None
+        ex = _Exchange(gw, plan, ctx, send)
         if buffered is not None:
             receive = _replay(buffered, receive)
         elif chunked and gw.max_body_size is not None:
-            limited = _Limited(receive, gw.max_body_size)
-            receive = limited.receive
-        rid = request_id.encode("latin-1")
-        hooks = plan.response_hooks
-        counting = bool(plan.complete_hooks)
-        started = False
-        cut = False  # the gateway answers instead of the app (timeout, body over the limit)
-        app_start = perf_counter()
+            ex.limited = _Limited(receive, gw.max_body_size)
+            receive = ex.limited.receive
+        await self._call_app(scope, receive, send, ex)
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if cut or (limited is not None and limited.exceeded):
-                return
-            kind = message["type"]
-            if kind == "http.response.start":
-                if started:
-                    return
-                started = True
-                headers = list(message.get("headers") or ())
-                headers.append((b"x-amzn-requestid", rid))
-                status = message["status"]
-                ctx.status = status
-                ctx.integration_latency = int((perf_counter() - app_start) * 1000)
-                if hooks:
-                    head = ResponseHead(status, headers)
-                    gw.on_response(plan, request, ctx, head)
-                    headers = head.headers
-                message = {**message, "headers": headers}
-            elif counting and kind == "http.response.body":
-                ctx.response_length = (ctx.response_length or 0) + len(message.get("body", b""))
-            await send(message)
+    def _request(self, scope: Scope, receive: Receive, path: str) -> Request:
+        client = scope.get("client")
+        gw = self.gateway
+        return Request(
+            method=scope["method"],
+            path=path,
+            raw_path=scope.get("raw_path") or path.encode("utf-8", "surrogateescape"),
+            query_string=scope.get("query_string", b""),
+            scheme=scope.get("scheme", "http"),
+            peer=client[0] if client else None,
+            raw=scope,
+            raw_headers=scope.get("headers") or (),
+            proxies=gw.proxies,
+            body_reader=_Body(receive, gw.max_body_size),
+        )
 
-        scope = dict(scope)
+    async def _call_app(self, scope: Scope, receive: Receive, send: Send, ex: _Exchange) -> None:
+        gw = self.gateway
+        ctx = ex.ctx
+        # Scopes are per request: adding keys is how ASGI middleware hands data downstream.
         scope["apigw.context"] = ctx
         state = scope.get("state")
-        scope["state"] = {**state, "apigw": ctx} if state else {"apigw": ctx}
+        if state is None:
+            scope["state"] = {"apigw": ctx}
+        else:
+            state["apigw"] = ctx
 
+        watchdog = None
         timeout = gw.integration_timeout
-        handle = None
-        task = None
         if timeout is not None:
             try:
-                task = asyncio.current_task()
+                task = ex.task = asyncio.current_task()
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # not running on asyncio (trio): no timeout
                 task = None
             if task is not None:
-                current = task
-
-                def fire() -> None:
-                    nonlocal cut
-                    if not started:
-                        cut = True
-                        current.cancel()
-
-                handle = loop.call_later(timeout, fire)
+                watchdog = self._watchdog
+                if watchdog is None or watchdog.loop is not loop:
+                    watchdog = self._watchdog = _Watchdog(loop, timeout)
+                watchdog.watch(ex)
         answer: Deny | None = None
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, ex.send)
         except asyncio.CancelledError:
-            if not cut:
+            if not ex.cut:
                 raise
-            uncancel = getattr(task, "uncancel", None)
+            uncancel = getattr(ex.task, "uncancel", None)
             if uncancel is not None:
                 uncancel()
             answer = _TIMEOUT
         except Exception:
-            if limited is None or not limited.exceeded or started:
+            limited = ex.limited
+            if limited is None or not limited.exceeded or ex.started:
                 raise
         finally:
-            if handle is not None:
-                handle.cancel()
-            if answer is None and limited is not None and limited.exceeded and not started:
+            if watchdog is not None:
+                watchdog.forget(ex)
+            limited = ex.limited
+            if answer is None and limited is not None and limited.exceeded and not ex.started:
                 answer = _TOO_LARGE
+            plan = ex.plan
             if answer is not None:
-                status, headers, body = gw.gateway_response(answer, request, ctx, plan)
+                status, headers, body = gw.gateway_response(answer, ctx._req(), ctx, plan)
                 await _respond(send, status, headers, body)
-            if counting:
-                gw.complete_hooks(plan, request, ctx)
+            if plan.complete_hooks:
+                gw.complete_hooks(plan, ctx._req(), ctx)
+
+
+class _Exchange:
+    """Per-request state of a call to the app; its ``send`` wraps the server's."""
+
+    # Class-level defaults: a request sets only what differs.
+    started = False
+    cut = False  # the gateway answers instead of the app (timeout, body too large)
+    limited: _Limited | None = None
+    task: asyncio.Task[Any] | None = None
+
+    def __init__(self, gw: Gateway, plan: Any, ctx: RequestContext, send: Send) -> None:
+        self.gw = gw
+        self.plan = plan
+        self.ctx = ctx
+        self._send = send
+        self.rid = (b"x-amzn-requestid", ctx.request_id.encode("latin-1"))
+        self.app_start = perf_counter()
+
+    async def send(self, message: Message) -> None:
+        if self.cut:
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            limited = self.limited
+            if self.started or (limited is not None and limited.exceeded):
+                return
+            self.started = True
+            status = message["status"]
+            headers = [*(message.get("headers") or ()), self.rid]
+            ctx = self.ctx
+            ctx.status = status
+            ctx.integration_latency = int((perf_counter() - self.app_start) * 1000)
+            plan = self.plan
+            if plan.response_hooks:
+                head = ResponseHead(status, headers)
+                self.gw.on_response(plan, ctx._req(), ctx, head)
+                headers = head.headers
+            message["headers"] = headers
+        elif kind == "http.response.body":
+            if not self.started:
+                return
+            if self.plan.complete_hooks:
+                ctx = self.ctx
+                ctx.response_length = (ctx.response_length or 0) + len(message.get("body", b""))
+        await self._send(message)
+
+    def expire(self) -> None:
+        """Called by the watchdog once the deadline passed without a response start."""
+        task = self.task
+        if not self.started and task is not None:
+            self.cut = True
+            task.cancel()
+
+
+class _Watchdog:
+    """One timer per event loop enforces every in-flight request's integration timeout.
+
+    A timer per request costs more than the rest of the gateway's per-request work; a
+    shared tick, at a tenth of the timeout (at most every 0.5 s), is precise enough.
+    """
+
+    __slots__ = ("handle", "loop", "tick", "timeout", "watched")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.tick = min(timeout / 10, 0.5)
+        self.watched: dict[_Exchange, float] = {}
+        self.handle: asyncio.TimerHandle | None = None
+
+    def watch(self, ex: _Exchange) -> None:
+        self.watched[ex] = self.loop.time() + self.timeout
+        if self.handle is None:
+            self.handle = self.loop.call_later(self.tick, self._check)
+
+    def forget(self, ex: _Exchange) -> None:
+        self.watched.pop(ex, None)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        watched = self.watched
+        expired = [ex for ex, deadline in watched.items() if deadline <= now or ex.started]
+        for ex in expired:
+            del watched[ex]
+            if not ex.started:
+                ex.expire()
+        self.handle = self.loop.call_later(self.tick, self._check) if watched else None
 
 
 async def _respond(

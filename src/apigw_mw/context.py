@@ -9,8 +9,12 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from time import perf_counter as _perf_counter
+from time import time as _time
 from base64 import b64encode
 from collections.abc import Mapping
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 from .responses import json_string
@@ -142,30 +146,20 @@ class RequestContext:
                     "color": ctx.stage_variables.get("color")}
     """
 
-    __slots__ = (
-        "_extended_id",
-        "api_id",
-        "authorizer",
-        "domain_name",
-        "error",
-        "extra",
-        "http_method",
-        "identity",
-        "integration_latency",
-        "path",
-        "path_parameters",
-        "policy_trace",
-        "protocol",
-        "request_id",
-        "request_time_epoch",
-        "resource_path",
-        "response_length",
-        "route_key",
-        "stage",
-        "stage_variables",
-        "start",
-        "status",
-    )
+    # Defaults live on the class so that building a context per request costs only the
+    # handful of attributes every request has; the rest are set when a policy learns them.
+    route_key: str | None = None
+    resource_path: str | None = None
+    path_parameters: Mapping[str, str] = MappingProxyType({})
+    error: ErrorInfo | None = None
+    status: int | None = None
+    response_length: int | None = None
+    integration_latency: int | None = None
+    domain_name: str | None = None
+    #: When an observer sets a list here in ``on_request``, the pipeline appends
+    #: ``(policy, start_ns, end_ns, decision)`` for each policy it runs.
+    policy_trace: list[tuple[Any, int, int, Any]] | None = None
+    _extended_id: str | None = None
 
     def __init__(
         self,
@@ -174,37 +168,79 @@ class RequestContext:
         http_method: str,
         path: str,
         protocol: str,
-        identity: Identity,
         stage: str,
         stage_variables: Mapping[str, str],
         api_id: str,
+        identity: Identity | None = None,
+        request: Any = None,
         domain_name: str | None = None,
     ) -> None:
         self.request_id = request_id
-        self._extended_id: str | None = None
         self.start = time.perf_counter()
         self.request_time_epoch = int(time.time() * 1000)
         self.http_method = http_method
         self.path = path
         self.protocol = protocol
-        self.identity = identity
         self.stage = stage
         self.stage_variables = stage_variables
         self.api_id = api_id
-        self.domain_name = domain_name
-        self.route_key: str | None = None
-        self.resource_path: str | None = None
-        self.path_parameters: Mapping[str, str] = {}
-        self.authorizer: dict[str, Any] = {}
-        self.error: ErrorInfo | None = None
-        self.status: int | None = None
-        self.response_length: int | None = None
-        self.integration_latency: int | None = None
-        #: Free-form values policies share with each other and with log formats.
-        self.extra: dict[str, Any] = {}
-        #: When an observer sets a list here in ``on_request``, the pipeline appends
-        #: ``(policy, start_ns, end_ns, decision)`` for each policy it runs.
-        self.policy_trace: list[tuple[Any, int, int, Any]] | None = None
+        if domain_name is not None:
+            self.domain_name = domain_name
+        if identity is not None:
+            self.identity = identity
+        self._request = request
+
+    @classmethod
+    def _new(
+        cls,
+        request_id: str,
+        http_method: str,
+        path: str,
+        protocol: str,
+        stage: Any,
+        request: Any,
+    ) -> RequestContext:
+        """The adapters' constructor: the fewest attribute writes a request needs.
+
+        ``request`` is the :class:`~apigw_mw.Request` or a callable that builds it.
+        """
+        self = cls.__new__(cls)
+        self.request_id = request_id
+        self.start = _perf_counter()
+        self.request_time_epoch = int(_time() * 1000)
+        self.http_method = http_method
+        self.path = path
+        self.protocol = protocol
+        self.stage = stage.name
+        self.stage_variables = stage.variables
+        self.api_id = stage.api_id
+        self._request = request
+        return self
+
+    def _req(self) -> Any:
+        """The request view, built on first use when the adapter deferred it."""
+        request = self._request
+        if request is not None and not hasattr(request, "method"):
+            request = self._request = request()
+        return request
+
+    @cached_property
+    def identity(self) -> Identity:
+        """``$context.identity``: source IP, user agent, API key id, client certificate..."""
+        request = self._req()
+        if request is None:
+            return Identity(None, None)
+        return Identity(request.source_ip, lambda: request.headers.get("user-agent"))
+
+    @cached_property
+    def authorizer(self) -> dict[str, Any]:
+        """``$context.authorizer``: what the authorizers returned (claims, principal id...)."""
+        return {}
+
+    @cached_property
+    def extra(self) -> dict[str, Any]:
+        """Free-form values policies share with each other and with log formats."""
+        return {}
 
     @property
     def extended_request_id(self) -> str:

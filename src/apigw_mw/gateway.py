@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .context import Identity, RequestContext, new_request_id
+from .context import RequestContext, new_request_id
 from .exceptions import ConfigurationError
 from .pipeline import GatewaySettings, Pipeline, ResponseHead, RouteTable, _Plan
 from .request import Request, TrustedProxies
@@ -135,18 +135,9 @@ class Gateway:
             return path[len(base) :]
         return None
 
-    def context(
-        self, request: Request, request_id: str, protocol: str, user_agent: Any
-    ) -> RequestContext:
-        return RequestContext(
-            request_id=request_id,
-            http_method=request.method,
-            path=request.path,
-            protocol=protocol,
-            identity=Identity(request.source_ip, user_agent),
-            stage=self.stage_name,
-            stage_variables=self.stage_vars,
-            api_id=self.api_id,
+    def context(self, request: Request, request_id: str, protocol: str) -> RequestContext:
+        return RequestContext._new(
+            request_id, request.method, request.path, protocol, self.stage, request
         )
 
     def route(

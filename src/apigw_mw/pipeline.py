@@ -269,7 +269,7 @@ class Pipeline:
                 )
         self._plans: dict[frozenset[int], _Plan] = {}
         self.has_routes = bool(self.router.patterns)
-        self.empty = not bound and not strict_routes
+        self.empty = not bound and not strict_routes and not self.router.patterns
         # Requests matching no route, with no policy at all, need no plan work.
         self._global_plan = self._plan_for(frozenset())
 

@@ -1,0 +1,1 @@
+"""Subcommands of the ``apigw-mw`` command, one module each."""
