@@ -9,11 +9,11 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from time import perf_counter as _perf_counter
-from time import time as _time
 from base64 import b64encode
 from collections.abc import Mapping
 from functools import cached_property
+from time import perf_counter as _perf_counter
+from time import time as _time
 from types import MappingProxyType
 from typing import Any
 
