@@ -165,6 +165,7 @@ class GatewayClient:
                 data=content,
                 query_string=query or None,
                 environ_base={"REMOTE_ADDR": client_ip},
+                buffered=True,  # read and close the response iterable, as a server does
             )
             result = Result(
                 resp.status_code,

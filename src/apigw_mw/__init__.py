@@ -14,6 +14,13 @@ from __future__ import annotations
 
 from ._version import __version__
 from .asgi import GatewayMiddleware
+from .auth.api_keys import ApiKey, ApiKeyAuth, ApiKeys, KeyStore, RedisKeyStore
+from .auth.cognito import CognitoAuthorizer
+from .auth.custom import LambdaAuthorizer
+from .auth.jwt import JwtAuthorizer
+from .auth.mtls import MutualTls
+from .auth.resource_policy import ResourcePolicy
+from .auth.sigv4 import CredentialStore, IamAuthorizer, IamPrincipal
 from .context import ErrorInfo, Identity, RequestContext, get_context
 from .cors import Cors
 from .effects import Batcher, Call, Effect, ReadBody
@@ -25,6 +32,8 @@ from .exceptions import (
     GatewayError,
     StorageError,
 )
+from .observe import AccessLog, Metrics, Tracing
+from .openapi import from_openapi
 from .pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead, RouteTable
 from .request import Headers, Request
 from .responses import (
@@ -37,17 +46,33 @@ from .responses import (
     ResponseType,
 )
 from .routes import Stage
+from .traffic import (
+    MemoryStore,
+    Quota,
+    RedisStore,
+    Throttle,
+    TokenBucket,
+    UsageAdmin,
+    UsagePlan,
+)
+from .validation import RequestValidator, RouteModel
 from .wsgi import WSGIGatewayMiddleware
 
 __all__ = [
     "RESPONSE_TYPES",
+    "AccessLog",
     "Allow",
+    "ApiKey",
+    "ApiKeyAuth",
+    "ApiKeys",
     "ApigwError",
     "BasePolicy",
     "Batcher",
     "Call",
+    "CognitoAuthorizer",
     "ConfigurationError",
     "Cors",
+    "CredentialStore",
     "Deny",
     "Effect",
     "EffectError",
@@ -59,19 +84,39 @@ __all__ = [
     "GatewayResponses",
     "GatewaySettings",
     "Headers",
+    "IamAuthorizer",
+    "IamPrincipal",
     "Identity",
+    "JwtAuthorizer",
+    "KeyStore",
+    "LambdaAuthorizer",
+    "MemoryStore",
+    "Metrics",
+    "MutualTls",
     "Phase",
     "Policy",
+    "Quota",
     "ReadBody",
+    "RedisKeyStore",
+    "RedisStore",
     "Request",
     "RequestContext",
+    "RequestValidator",
+    "ResourcePolicy",
     "Respond",
     "ResponseHead",
     "ResponseType",
+    "RouteModel",
     "RouteTable",
     "Stage",
     "StorageError",
+    "Throttle",
+    "TokenBucket",
+    "Tracing",
+    "UsageAdmin",
+    "UsagePlan",
     "WSGIGatewayMiddleware",
     "__version__",
+    "from_openapi",
     "get_context",
 ]

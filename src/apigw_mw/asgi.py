@@ -139,8 +139,15 @@ class GatewayMiddleware:
         path = scope["path"]
         root_path = scope.get("root_path")
         if root_path and path.startswith(root_path):
-            path = path[len(root_path) :] or "/"
-        protocol = _PROTOCOLS.get(scope.get("http_version", "1.1")) or "HTTP/1.1"
+            rest = path[len(root_path) :]
+            if not rest:
+                path = "/"
+            elif rest[0] == "/":
+                path = rest
+        version = scope.get("http_version", "1.1")
+        protocol = _PROTOCOLS.get(version) or "HTTP/1.1"
+        if version != "1.1" and content_length is None and not chunked and version[:1] in "23":
+            chunked = True  # HTTP/2 and HTTP/3 stream a body without Transfer-Encoding
         decision: Deny | Respond | None
         if gw.empty:
             # No policy and no route: only the request id, the size limit and the context.

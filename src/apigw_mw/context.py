@@ -156,6 +156,8 @@ class RequestContext:
     response_length: int | None = None
     integration_latency: int | None = None
     domain_name: str | None = None
+    #: The API owner's account id (the stage's ``account_id``), as ``requestContext.accountId``.
+    account_id: str | None = None
     #: When an observer sets a list here in ``on_request``, the pipeline appends
     #: ``(policy, start_ns, end_ns, decision)`` for each policy it runs.
     policy_trace: list[tuple[Any, int, int, Any]] | None = None
@@ -174,6 +176,7 @@ class RequestContext:
         identity: Identity | None = None,
         request: Any = None,
         domain_name: str | None = None,
+        account_id: str | None = None,
     ) -> None:
         self.request_id = request_id
         self.start = time.perf_counter()
@@ -186,6 +189,8 @@ class RequestContext:
         self.api_id = api_id
         if domain_name is not None:
             self.domain_name = domain_name
+        if account_id is not None:
+            self.account_id = account_id
         if identity is not None:
             self.identity = identity
         self._request = request
@@ -214,6 +219,7 @@ class RequestContext:
         self.stage = stage.name
         self.stage_variables = stage.variables
         self.api_id = stage.api_id
+        self.account_id = stage.account_id
         self._request = request
         return self
 
@@ -320,7 +326,7 @@ class RequestContext:
         identity.pop("apiKey", None)
         if version == "2.0":
             out: dict[str, Any] = {
-                "accountId": "anonymous",
+                "accountId": self.account_id or "anonymous",
                 "apiId": self.api_id,
                 "domainName": self.domain_name,
                 "domainPrefix": (self.domain_name or "").split(".")[0] or None,
@@ -345,7 +351,7 @@ class RequestContext:
         if version != "1.0":
             raise ValueError("version must be '1.0' or '2.0'")
         out = {
-            "accountId": "anonymous",
+            "accountId": self.account_id or "anonymous",
             "apiId": self.api_id,
             "domainName": self.domain_name,
             "extendedRequestId": self.extended_request_id,
@@ -381,6 +387,7 @@ _SIMPLE: dict[str, Any] = {
     "requestId": lambda c: c.request_id,
     "extendedRequestId": lambda c: c.extended_request_id,
     "apiId": lambda c: c.api_id,
+    "accountId": lambda c: c.account_id,
     "domainName": lambda c: c.domain_name,
     "httpMethod": lambda c: c.http_method,
     "path": lambda c: c.path,
@@ -393,6 +400,8 @@ _SIMPLE: dict[str, Any] = {
     "status": lambda c: c.status,
     "responseLength": lambda c: c.response_length,
     "integrationLatency": lambda c: c.integration_latency,
+    "responseLatency": lambda c: int((time.perf_counter() - c.start) * 1000),
+    "xrayTraceId": lambda c: c.extra.get("xrayTraceId"),
 }
 
 

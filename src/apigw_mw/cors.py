@@ -72,9 +72,10 @@ class Cors(BasePolicy):
                 raise ConfigurationError("Cors.allow_methods", f"{m!r} is not a method")
         headers = [h.lower() for h in _strings(allow_headers, "Cors.allow_headers")]
         expose = _strings(expose_headers, "Cors.expose_headers")
-        for h in (*headers, *expose):
-            if h != "*" and not _TOKEN.match(h):
-                raise ConfigurationError("Cors.allow_headers", f"{h!r} is not a header name")
+        for field_name, names in (("Cors.allow_headers", headers), ("Cors.expose_headers", expose)):
+            for h in names:
+                if h != "*" and not _TOKEN.match(h):
+                    raise ConfigurationError(field_name, f"{h!r} is not a header name")
         if max_age is not None and (
             not isinstance(max_age, int) or isinstance(max_age, bool) or max_age < 0
         ):
@@ -170,13 +171,10 @@ class Cors(BasePolicy):
         return True
 
     def on_response(self, request: Request, context: RequestContext, head: ResponseHead) -> None:
-        if (
-            head.from_gateway
-            and head.status == 204
-            and request.method == "OPTIONS"
-            and any(k in (b"access-control-allow-origin", b"vary") for k, _ in head.headers)
-        ):
-            return  # our own preflight answer
+        if head.from_gateway and head.status == 204 and _is_preflight(request):
+            # The preflight answer made in ``flow``: complete, or refused on purpose without
+            # CORS headers (a disallowed origin, method or header).
+            return
         headers = [(k, v) for k, v in head.headers if not k.startswith(_CORS_PREFIX)]
         origin = request.headers.get("origin")
         if origin is not None and self.origin_allowed(origin):
@@ -185,6 +183,15 @@ class Cors(BasePolicy):
         if self._vary and origin is not None:
             _add_vary(headers)
         head.headers = headers
+
+
+def _is_preflight(request: Request) -> bool:
+    headers = request.headers
+    return (
+        request.method == "OPTIONS"
+        and "origin" in headers
+        and "access-control-request-method" in headers
+    )
 
 
 def _add_vary(headers: list[tuple[bytes, bytes]]) -> None:

@@ -23,6 +23,7 @@ _UUID = re.compile(rb"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 logger = logging.getLogger("apigw_mw")
 _MISSING_TOKEN = Deny("MISSING_AUTHENTICATION_TOKEN")
 _TOO_LARGE = Deny("REQUEST_TOO_LARGE")
+_BAD_LENGTH = Deny("DEFAULT_4XX", "Bad Request")
 
 
 class Gateway:
@@ -156,21 +157,24 @@ class Gateway:
                 ctx.path_parameters = match.path_parameters
         if match is None or match.best is None:
             if pipeline.strict:
+                preflight = pipeline.preflight_plan
+                if preflight is not None and request.method == "OPTIONS":
+                    return preflight, None
                 return pipeline._global_plan, _MISSING_TOKEN
             return pipeline._global_plan, None
         return pipeline.plan(match), None
 
     def too_large(self, content_length: bytes | None) -> Deny | None:
-        limit = self.max_body_size
-        if content_length is None or limit is None:
+        """400 for a malformed ``Content-Length``, 413 for one over ``max_body_size``."""
+        if content_length is None:
             return None
-        try:
-            n = int(content_length)
-        except ValueError:
-            return Deny("DEFAULT_4XX", "Bad Request")
-        if n < 0:
-            return Deny("DEFAULT_4XX", "Bad Request")
-        return _TOO_LARGE if n > limit else None
+        # Only ASCII digits: int() would also take "+5", "1_0", " 5" and other scripts' digits.
+        if not content_length.isdigit():
+            return _BAD_LENGTH
+        limit = self.max_body_size
+        if limit is None:
+            return None
+        return _TOO_LARGE if int(content_length) > limit else None
 
     def gateway_response(
         self,

@@ -46,6 +46,8 @@ logger = logging.getLogger("apigw_mw")
 Decision = Allow | Deny | Respond | None
 Outcome = Deny | Respond | None
 Flow = Generator[Any, Any, Decision]
+_CONFIG_ERROR = Deny("API_CONFIGURATION_ERROR")
+_MISSING_ROUTE = Deny("MISSING_AUTHENTICATION_TOKEN")
 
 
 class Phase(IntEnum):
@@ -272,6 +274,7 @@ class Pipeline:
         self.empty = not bound and not strict_routes and not self.router.patterns
         # Requests matching no route, with no policy at all, need no plan work.
         self._global_plan = self._plan_for(frozenset())
+        self.preflight_plan = self._preflight_plan()
 
     def match(self, method: str, path: str) -> RouteMatch:
         return self.router.match(method, path)
@@ -311,6 +314,24 @@ class Pipeline:
             phases.append(current)
         return _Plan(phases, hooks, request_hooks, complete_hooks)
 
+    def _preflight_plan(self) -> _Plan | None:
+        """Under strict routes, the plan for an ``OPTIONS`` request that matches no route.
+
+        HTTP APIs answer CORS preflights for every route, although no ``OPTIONS`` route is
+        declared: the global CORS policies get their say, then the request is refused as
+        any unmatched request is.
+        """
+        glob = self._global_plan
+        cors = [p for phase in glob.phases for p in phase if p.phase == Phase.CORS]
+        if not self.strict or not cors:
+            return None
+        return _Plan(
+            [cors, [_MissingRoute()]],
+            glob.response_hooks,
+            glob.request_hooks,
+            glob.complete_hooks,
+        )
+
     # -- the flow both drivers run ----------------------------------------------------------
 
     def flow(
@@ -324,6 +345,16 @@ class Pipeline:
         return None
 
 
+class _MissingRoute:
+    """Refuses a request that matches no declared route (strict routes)."""
+
+    phase = Phase.CORS
+    routes = None
+
+    def flow(self, request: Request, context: RequestContext) -> Decision:
+        return _MISSING_ROUTE
+
+
 def _merge(ctx: RequestContext, allow: Allow) -> None:
     if allow.authorizer:
         ctx.authorizer.update(allow.authorizer)
@@ -332,31 +363,40 @@ def _merge(ctx: RequestContext, allow: Allow) -> None:
             setattr(ctx.identity, key, value)
 
 
-def _terminal(decision: Any, ctx: RequestContext) -> Outcome:
+def _terminal(decision: Any, ctx: RequestContext, policy: Any = None) -> Outcome:
     """``decision`` if it ends the request; merges an Allow and returns None otherwise."""
     if decision is None:
-        return None
-    if type(decision) is Allow:
-        _merge(ctx, decision)
         return None
     if isinstance(decision, (Deny, Respond)):
         return decision
     if isinstance(decision, Allow):
-        _merge(ctx, decision)
+        try:
+            _merge(ctx, decision)
+        except Exception as exc:  # e.g. an identity attribute that does not exist
+            return _policy_failed(policy, exc)
         return None
-    logger.error("policy flow returned %r, not a decision", type(decision).__name__)
-    return Deny("API_CONFIGURATION_ERROR")
+    logger.error(
+        "policy %s returned %r, not a decision; answering 500 API_CONFIGURATION_ERROR",
+        type(policy).__name__,
+        type(decision).__name__,
+    )
+    return _CONFIG_ERROR
 
 
 def _policy_failed(policy: Any, exc: BaseException) -> Deny:
     if isinstance(exc, GatewayError):
-        return Deny(exc.response_type, exc.message, headers=exc.headers)
+        try:
+            if exc.message is None:  # the type's default message
+                return Deny(exc.response_type, headers=exc.headers)
+            return Deny(exc.response_type, exc.message, headers=exc.headers)
+        except ConfigurationError as bad:
+            exc = bad
     logger.error(
         "policy %s failed; answering 500 API_CONFIGURATION_ERROR",
         type(policy).__name__,
         exc_info=exc,
     )
-    return Deny("API_CONFIGURATION_ERROR")
+    return _CONFIG_ERROR
 
 
 class _Suspended:
@@ -413,7 +453,7 @@ def _run_phase(
             _close(waiting)
             return _policy_failed(policy, exc)
         if type(result) is not GeneratorType:
-            decision = _terminal(result, ctx)
+            decision = _terminal(result, ctx, policy)
             if tracing:
                 _record(ctx, policy, started, decision)
             if decision is not None:
@@ -424,7 +464,7 @@ def _run_phase(
         if state == "wait":
             waiting.append(_Suspended(policy, result, value, started))
             continue
-        decision = _terminal(value, ctx)
+        decision = _terminal(value, ctx, policy)
         if tracing:
             _record(ctx, policy, started, decision)
         if decision is not None:
@@ -441,7 +481,7 @@ def _run_phase(
                 s.effect = value
                 still.append(s)
                 continue
-            decision = _terminal(value, ctx)
+            decision = _terminal(value, ctx, s.policy)
             if tracing:
                 _record(ctx, s.policy, s.started, decision)
             if decision is not None:

@@ -140,8 +140,9 @@ class Request:
 
     Attributes:
         method: the upper-case HTTP method.
-        path: the decoded path the app routes on, after ``root_path``/``SCRIPT_NAME`` and the
-            stage's base path are stripped.
+        path: the decoded path the app routes on, after ``root_path``/``SCRIPT_NAME`` are
+            stripped; a stage ``base_path`` is still part of it (routes match without it, see
+            ``context.resource_path``).
         raw_path: the path as received, percent-encoding intact (bytes).
         query_string: the raw query string (bytes, without ``?``).
         scheme: ``http`` or ``https``.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -196,7 +196,8 @@ class GatewayResponse:
     """How one gateway response type is answered.
 
     Args:
-        status: the status code (``None`` keeps the type's default).
+        status: the status code (``None`` keeps the type's default); a string of three
+            digits (``"503"``, as OpenAPI exports write it) is accepted too.
         headers: response headers, each a plain string, API Gateway's quoted static form
             (``"'*'"``) or a ``method.request.header.X`` / ``.querystring.X`` / ``.path.X``
             reference to a request value.
@@ -346,6 +347,8 @@ class GatewayResponses:
                 )
             if not isinstance(resp, GatewayResponse):
                 raise ConfigurationError(f"responses.{name}", "must be a GatewayResponse")
+            if resp.status is not None:
+                given[name] = replace(resp, status=_status(resp.status, name))
         self._given = given
         self._compiled = {name: self._compile(name) for name in RESPONSE_TYPES}
 
@@ -363,8 +366,6 @@ class GatewayResponses:
             if candidate is not None and candidate.status is not None:
                 status = candidate.status
         field_name = f"responses.{name}"
-        if not _STATUS.match(str(status)):
-            raise ConfigurationError(f"{field_name}.statusCode", f"{status!r} is not [1-5]xx")
         header_map: dict[str, str] = {}
         for candidate in (fallback, own):
             if candidate is not None:
@@ -384,7 +385,13 @@ class GatewayResponses:
                 continue
             if len(hvalue) >= 2 and hvalue[0] == hvalue[-1] == "'":
                 hvalue = hvalue[1:-1]
-            static.append((hname.lower().encode("latin-1"), hvalue.encode("latin-1")))
+            try:
+                encoded = hvalue.encode("latin-1")
+            except UnicodeEncodeError as exc:
+                raise ConfigurationError(
+                    f"{field_name}.headers.{hname}", "must be Latin-1 text (HTTP header bytes)"
+                ) from exc
+            static.append((hname.lower().encode("latin-1"), encoded))
         templates_src: dict[str, str] = {}
         for candidate in (fallback, own):
             if candidate is not None and candidate.templates:
@@ -443,10 +450,30 @@ class GatewayResponses:
         for bname, where, param in compiled.dynamic_headers:
             found = lookup.param(where, param)
             if found:
-                headers.append((bname, found.encode("latin-1", "replace")))
+                headers.append((bname, _header_bytes(found)))
         for name, value in deny.headers.items():
-            headers.append((name.lower().encode("latin-1"), str(value).encode("latin-1")))
+            headers.append((_header_bytes(name.lower()), _header_bytes(str(value))))
         return compiled.status, headers, body
+
+
+# Control characters (CR and LF above all) must never reach a response header: request values
+# reflected into headers would otherwise let a client write headers of its own.
+_CONTROL: dict[int, None] = dict.fromkeys((*range(9), *range(10, 32), 127))
+
+
+def _header_bytes(value: str) -> bytes:
+    return value.translate(_CONTROL).encode("latin-1", "replace")
+
+
+def _status(value: Any, name: str) -> int:
+    """A customised status code: an int or a string of three digits (as OpenAPI writes it)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, str))
+        or not _STATUS.match(str(value))
+    ):
+        raise ConfigurationError(f"responses.{name}.statusCode", f"{value!r} is not [1-5]xx")
+    return int(value)
 
 
 DEFAULT_RESPONSES = GatewayResponses()

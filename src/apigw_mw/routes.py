@@ -26,6 +26,8 @@ _VAR_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _VAR_VALUE = re.compile(r"^[A-Za-z0-9\-._~:/?#&=,]{1,512}$")
 _PARAM = re.compile(r"^\{([A-Za-z0-9_.\-]+)(\+?)\}$")
 _API_ID = re.compile(r"^[a-z0-9]{1,64}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
+_ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
 
 # Segment kinds, ordered from most to least specific.
 _STATIC, _PARAM_KIND, _GREEDY = 0, 1, 2
@@ -59,7 +61,7 @@ class Stage:
 
     def __post_init__(self) -> None:
         if self.name != "$default" and not (
-            isinstance(self.name, str) and _STAGE_NAME.match(self.name)
+            isinstance(self.name, str) and _STAGE_NAME.fullmatch(self.name)
         ):
             raise ConfigurationError(
                 "stage.name", f"{self.name!r} is not $default or 1-128 of [A-Za-z0-9_-]"
@@ -69,23 +71,25 @@ class Stage:
         if len(self.variables) > 100:
             raise ConfigurationError("stage.variables", "at most 100 stage variables")
         for key, value in self.variables.items():
-            if not isinstance(key, str) or not _VAR_NAME.match(key):
+            if not isinstance(key, str) or not _VAR_NAME.fullmatch(key):
                 raise ConfigurationError(
                     "stage.variables", f"name {key!r} must be 1-64 of [A-Za-z0-9_]"
                 )
-            if not isinstance(value, str) or not _VAR_VALUE.match(value):
+            if not isinstance(value, str) or not _VAR_VALUE.fullmatch(value):
                 raise ConfigurationError(
                     f"stage.variables.{key}",
                     f"value {value!r} must be 1-512 of [A-Za-z0-9-._~:/?#&=,]",
                 )
         object.__setattr__(self, "variables", MappingProxyType(dict(self.variables)))
-        if not re.match(r"^[a-z]{2}(-[a-z]+)+-\d$", self.region):
+        if not isinstance(self.region, str) or not _REGION.fullmatch(self.region):
             raise ConfigurationError("stage.region", f"{self.region!r} is not an AWS region")
-        if not re.match(r"^\d{12}$", self.account_id):
-            raise ConfigurationError("stage.account_id", "must be 12 digits")
-        if not _API_ID.match(self.api_id):
+        if not isinstance(self.account_id, str) or not _ACCOUNT_ID.fullmatch(self.account_id):
+            raise ConfigurationError("stage.account_id", "must be a string of 12 digits")
+        if not isinstance(self.api_id, str) or not _API_ID.fullmatch(self.api_id):
             raise ConfigurationError("stage.api_id", "must be lower-case letters and digits")
         if self.base_path is not None:
+            if not isinstance(self.base_path, str):
+                raise ConfigurationError("stage.base_path", "must be a path such as '/v1'")
             bp = self.base_path.rstrip("/")
             if not bp.startswith("/") or "//" in bp or any(c in bp for c in "?#{}"):
                 raise ConfigurationError(

@@ -186,17 +186,12 @@ class WSGIGatewayMiddleware:
         )
         supplied = environ.get("HTTP_X_AMZN_REQUESTID")
         request_id = gw.request_id(supplied.encode("latin-1") if supplied else None)
-        ctx = gw.context(
-            request,
-            request_id,
-            environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
-            environ.get("HTTP_USER_AGENT"),
-        )
+        ctx = gw.context(request, request_id, environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
         plan, decision = gw.route(request, ctx, gw.route_path(request.path))
         if plan.request_hooks:
             gw.request_hooks(plan, request, ctx)
         if decision is None and content_length is not None:
-            decision = gw.too_large(content_length.encode("latin-1"))
+            decision = gw.too_large(content_length.encode("latin-1", "replace"))
         if decision is None and plan.phases:
             try:
                 decision = drive_sync(gw.pipeline.flow(plan, request, ctx))
@@ -244,7 +239,12 @@ class WSGIGatewayMiddleware:
                 return start_response(status, headers, exc_info)
             return start_response(status, headers)
 
-        result = self.app(environ, start)
+        try:
+            result = self.app(environ, start)
+        except BaseException:
+            if plan.complete_hooks:  # the request ended without a response iterable
+                gw.complete_hooks(plan, request, ctx)
+            raise
         if limited is not None and limited.exceeded:
             close = getattr(result, "close", None)
             if close is not None:

@@ -1,0 +1,583 @@
+"""OpenTelemetry tracing: one server span per request, read from and written to X-Ray and W3C
+trace headers.
+
+Only the OpenTelemetry API is needed; the SDK and its exporters are the user's choice. With no
+SDK configured the policy notices the API's no-op provider once and does nothing at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import re
+import time
+from collections.abc import Iterable
+from time import perf_counter_ns
+from typing import IO, TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
+
+from .._version import __version__
+from ..exceptions import ConfigurationError
+from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
+from ..responses import Allow, Deny, Respond
+from .xray import TraceHeader, parse_traceparent, parse_xray, xray_trace_id
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
+    from ..request import Request
+
+__all__ = ["Tracing", "console_tracer_provider"]
+
+_SCOPE = "apigw_mw"
+_STATE = "apigw.tracing"  # per-request state in ``context.extra``
+_PROPAGATORS = ("tracecontext", "xray")
+_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+_THROTTLE_TYPES = {"THROTTLED": "throttled", "QUOTA_EXCEEDED": "quota_exceeded"}
+_XRAY_HEADER = b"x-amzn-trace-id"
+_EMPTY = otel_context.Context()
+
+_UNRESOLVED, _ON, _OFF = 0, 1, 2
+_log = logging.getLogger("apigw_mw")
+
+# W3C tracestate list members (the grammar OpenTelemetry's TraceState accepts).
+_TS_MEMBER = re.compile(
+    r"\s*((?:[a-z][_0-9a-z\-*/]{0,255})|(?:[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13}))"
+    r"=([\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e])\s*"
+)
+
+
+class _FixedIds:
+    """An id generator whose next trace id is the caller's X-Ray ``Root``."""
+
+    def __init__(self, inner: Any, trace_id: int) -> None:
+        self._inner = inner
+        self._trace_id = trace_id
+
+    def generate_trace_id(self) -> int:
+        return self._trace_id or int(self._inner.generate_trace_id())
+
+    def generate_span_id(self) -> int:
+        return int(self._inner.generate_span_id())
+
+    def is_trace_id_random(self) -> bool:
+        if self._trace_id:
+            return False  # an X-Ray trace id starts with a timestamp
+        inner = getattr(self._inner, "is_trace_id_random", None)
+        return bool(inner()) if inner is not None else False
+
+
+class _FixedSampler:
+    """A sampler that takes the caller's decision, or (``None``) asks the local sampler as
+    for a new trace."""
+
+    def __init__(self, inner: Any, sampled: bool | None) -> None:
+        self._inner = inner
+        self._sampled = sampled
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> Any:
+        if self._sampled is None:
+            return self._inner.should_sample(_EMPTY, trace_id, name, kind, attributes, links)
+        sampling = importlib.import_module("opentelemetry.sdk.trace.sampling")
+        if self._sampled:
+            return sampling.SamplingResult(
+                sampling.Decision.RECORD_AND_SAMPLE, attributes, trace_state
+            )
+        return sampling.SamplingResult(sampling.Decision.DROP, None, trace_state)
+
+    def get_description(self) -> str:
+        return f"CallerDecision{{{self._inner.get_description()}}}"
+
+
+def _steered(tracer: Any, trace_id: int, sampled: bool | None) -> Any:
+    """A copy of an SDK tracer that starts its next span inside trace ``trace_id`` (when not
+    0) with the caller's sampling decision; ``None`` for tracers of another SDK.
+
+    The tracing API cannot start a root span inside a known trace (an X-Ray ``Root``
+    without ``Parent``) nor defer a remote parent's decision to the local sampler
+    (``Sampled=?``). Used for those rare requests only; the shared tracer is never touched.
+    """
+    if not (hasattr(tracer, "id_generator") and hasattr(tracer, "sampler")):
+        return None
+    steered = copy.copy(tracer)
+    steered.id_generator = _FixedIds(tracer.id_generator, trace_id)
+    steered.sampler = _FixedSampler(tracer.sampler, sampled)
+    return steered
+
+
+class _Active:
+    """One request's tracing state."""
+
+    __slots__ = ("offset", "owned", "span", "token", "xray_id")
+
+    def __init__(self, span: Any, owned: bool, token: Any) -> None:
+        self.span = span
+        self.owned = owned
+        self.token = token
+        self.offset = 0
+        self.xray_id = ""
+
+
+class _Off(BasePolicy):
+    """What a disabled observer binds to: a pure observer without hooks, which the pipeline
+    leaves out of every plan, so it costs nothing per request."""
+
+    phase = Phase.OBSERVE
+
+    def __repr__(self) -> str:
+        return "<observer disabled: no-op provider>"
+
+
+OFF: Policy = _Off()
+
+
+class Tracing(BasePolicy):
+    """One OpenTelemetry server span per request, with X-Ray and W3C trace propagation.
+
+    Args:
+        tracer_provider: the provider to trace with; ``None`` uses the global one
+            (``opentelemetry.trace.set_tracer_provider``), looked up at start-up or, if none
+            is set yet, at the first request. The API's no-op provider is noticed then and
+            tracing is switched off for good: it costs nothing per request.
+        propagators: the incoming trace headers to read, in order of preference:
+            ``"tracecontext"`` (W3C ``traceparent``/``tracestate``) and ``"xray"``
+            (``X-Amzn-Trace-Id``). The first header naming a parent span wins; an X-Ray
+            ``Root`` without ``Parent`` is used only when no header names a parent.
+        policy_spans: also record a child span per policy the request went through.
+
+    The span is current while the app runs, so framework and client instrumentation nest
+    under it; it ends once the response has been sent in full. When a framework
+    instrumentation outside the gateway already opened a server span, that span gets the
+    gateway's attributes instead of a second one being opened. Responses carry
+    ``X-Amzn-Trace-Id`` and ``$context.xrayTraceId`` is set.
+
+    Example::
+
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        app = GatewayMiddleware(app, policies=[Tracing(provider), ApiKeyRequired(...)])
+    """
+
+    phase = Phase.OBSERVE
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        *,
+        propagators: Iterable[str] = _PROPAGATORS,
+        policy_spans: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(propagators, str):
+            propagators = (propagators,)
+        names = tuple(propagators)
+        for i, name in enumerate(names):
+            if name not in _PROPAGATORS:
+                raise ConfigurationError(
+                    f"Tracing.propagators[{i}]",
+                    f"{name!r} is not a known propagator (use 'tracecontext' or 'xray')",
+                )
+        if tracer_provider is not None and not callable(
+            getattr(tracer_provider, "get_tracer", None)
+        ):
+            raise ConfigurationError("Tracing.tracer_provider", "must be a TracerProvider")
+        self.tracer_provider = tracer_provider
+        self.propagators = names
+        self.policy_spans = bool(policy_spans)
+        self._state = _UNRESOLVED
+        self._tracer: Any = None
+        self._stage = ""
+
+    def __repr__(self) -> str:
+        return f"Tracing(propagators={self.propagators!r}, policy_spans={self.policy_spans!r})"
+
+    def bind(self, settings: GatewaySettings) -> Policy:
+        bound = copy.copy(self)
+        bound._stage = settings.stage.name
+        if not bound._resolve():
+            _log.info("Tracing is off: no OpenTelemetry tracer provider is configured")
+            return OFF
+        return bound
+
+    def _resolve(self) -> bool:
+        """Pick the tracer once; ``False`` (and no per-request work) for a no-op provider."""
+        provider = self.tracer_provider
+        if provider is None:
+            # Unset, the global provider is the API's proxy: nothing records. Set the global
+            # provider before the middleware is built (as OpenTelemetry asks of every
+            # instrumentation), or pass one here.
+            provider = trace.get_tracer_provider()
+        tracer = None
+        if not isinstance(provider, trace.ProxyTracerProvider):
+            tracer = provider.get_tracer(_SCOPE, __version__)
+        if tracer is None or isinstance(tracer, (trace.NoOpTracer, trace.ProxyTracer)):
+            self._state = _OFF
+            return False
+        self._tracer = tracer
+        self._state = _ON
+        return True
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def on_request(self, request: Request, context: RequestContext) -> None:
+        if self._state != _ON:
+            return
+        current = trace.get_current_span()
+        if current.is_recording() and getattr(current, "kind", None) is SpanKind.SERVER:
+            # A framework instrumentation outside the gateway opened the server span.
+            span = current
+            span.set_attributes(self._start_attributes(request, context, _headers(request)))
+            active = _Active(span, False, None)
+        else:
+            span = self._start(request, context)
+            active = _Active(span, True, otel_context.attach(trace.set_span_in_context(span)))
+        extra = context.extra
+        extra[_STATE] = active
+        extra["xrayTraceId"] = active.xray_id = xray_trace_id(span.get_span_context().trace_id)
+        if self.policy_spans and span.is_recording():
+            active.offset = time.time_ns() - perf_counter_ns()
+            context.policy_trace = []
+
+    def on_response(self, request: Request, context: RequestContext, head: ResponseHead) -> None:
+        if self._state != _ON:
+            return
+        active = context.extra.get(_STATE)
+        if active is None:
+            return
+        sc = active.span.get_span_context()
+        value = (
+            f"Root={active.xray_id};Parent={sc.span_id:016x};Sampled={sc.trace_flags & 1}"
+        ).encode("ascii")
+        headers = head.headers
+        for name, _ in headers:
+            if name == _XRAY_HEADER:  # the gateway's trace header replaces the app's
+                headers[:] = [(n, v) for n, v in headers if n != _XRAY_HEADER]
+                break
+        headers.append((_XRAY_HEADER, value))
+
+    def on_complete(self, request: Request, context: RequestContext) -> None:
+        if self._state != _ON:
+            return
+        active = context.extra.pop(_STATE, None)
+        if active is None:
+            return
+        span = active.span
+        try:
+            if span.is_recording():
+                self._finish(span, context, active)
+        finally:
+            if active.owned:
+                span.end()
+            if active.token is not None:
+                otel_context.detach(active.token)
+
+    # -- span work -----------------------------------------------------------------------
+
+    def _start_attributes(
+        self, request: Request, context: RequestContext, headers: _TraceHeaders
+    ) -> dict[str, Any]:
+        method = context.http_method
+        attrs: dict[str, Any] = {
+            "http.request.method": method if method in _METHODS else "_OTHER",
+            "url.path": context.path,
+            "url.scheme": request.scheme,
+            "apigw.request_id": context.request_id,
+        }
+        if method not in _METHODS:
+            attrs["http.request.method_original"] = method
+        if context.resource_path is not None:
+            attrs["http.route"] = context.resource_path
+        ip = request.source_ip
+        if ip is not None:
+            attrs["client.address"] = ip
+        if headers.user_agent:
+            attrs["user_agent.original"] = headers.user_agent
+        return attrs
+
+    def _start(self, request: Request, context: RequestContext) -> Any:
+        headers = _headers(request)
+        attrs = self._start_attributes(request, context, headers)
+        route = context.resource_path
+        method = attrs["http.request.method"]
+        name = f"{method} {route}" if route is not None else method
+        tracer = self._tracer
+        found = self._incoming(headers) if headers.any_trace else None
+        if found is None:
+            return tracer.start_span(name, kind=SpanKind.SERVER, attributes=attrs)
+        header, state = found
+        if header.span_id:
+            flags = TraceFlags(TraceFlags.SAMPLED if header.sampled else TraceFlags.DEFAULT)
+            parent = trace.set_span_in_context(
+                NonRecordingSpan(
+                    SpanContext(
+                        header.trace_id,
+                        header.span_id,
+                        is_remote=True,
+                        trace_flags=flags,
+                        trace_state=state,
+                    )
+                )
+            )
+            if header.sampled is None:
+                # Sampled=? or no Sampled: the local sampler decides, not the parent's flag.
+                tracer = _steered(tracer, 0, None) or tracer
+        else:
+            # X-Ray Root without Parent: a root span inside the caller's trace.
+            parent = _EMPTY
+            tracer = _steered(tracer, header.trace_id, header.sampled) or tracer
+        return tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+
+    def _incoming(self, headers: _TraceHeaders) -> tuple[TraceHeader, TraceState | None] | None:
+        fallback: tuple[TraceHeader, TraceState | None] | None = None
+        for name in self.propagators:
+            if name == "tracecontext":
+                if not headers.traceparent:
+                    continue
+                header = parse_traceparent(headers.traceparent)
+                if header is None:
+                    continue
+                return header, _trace_state(headers.tracestate)
+            if not headers.xray:
+                continue
+            header = parse_xray(headers.xray)
+            if header is None:
+                continue
+            if header.span_id:
+                return header, None
+            if fallback is None:
+                fallback = (header, None)
+        return fallback
+
+    def _finish(self, span: Any, context: RequestContext, active: _Active) -> None:
+        status = context.status
+        attrs: dict[str, Any] = {}
+        if status is not None:
+            attrs["http.response.status_code"] = status
+        if not active.owned and context.resource_path is not None:
+            attrs["http.route"] = context.resource_path
+        identity = _learned(context, "identity")
+        if identity is not None and identity.api_key_id is not None:
+            attrs["apigw.api_key_id"] = identity.api_key_id
+        authorizer = _learned(context, "authorizer")
+        if authorizer:
+            principal = authorizer.get("principalId")
+            if isinstance(principal, (str, int)):
+                attrs["apigw.principal_id"] = str(principal)
+        extra = context.extra
+        cache = extra.get("cacheStatus")
+        if cache in ("hit", "miss"):
+            attrs["apigw.cache_hit"] = cache == "hit"
+        throttle = extra.get("throttle")
+        if isinstance(throttle, str):
+            attrs["apigw.throttle"] = throttle
+        error = context.error
+        if error is not None:
+            attrs["apigw.response_type"] = error.response_type
+            attrs["error.type"] = error.response_type
+            if error.response_type in _THROTTLE_TYPES:
+                attrs["apigw.throttle"] = _THROTTLE_TYPES[error.response_type]
+            span.add_event(
+                "apigw.denied",
+                {
+                    "apigw.response_type": error.response_type,
+                    "http.response.status_code": error.status,
+                    "message": error.message if error.message is not None else "",
+                },
+            )
+            span.set_status(Status(StatusCode.ERROR, f"{error.response_type}: {error.message}"))
+        elif status is None:
+            attrs["error.type"] = "no_response"
+            span.set_status(Status(StatusCode.ERROR, "no response was sent"))
+        elif status >= 500:
+            attrs["error.type"] = str(status)
+            span.set_status(Status(StatusCode.ERROR))
+        span.set_attributes(attrs)
+        if context.policy_trace:
+            self._policy_spans(span, context.policy_trace, active.offset)
+
+    def _policy_spans(
+        self, span: Any, records: list[tuple[Any, int, int, Any]], offset: int
+    ) -> None:
+        parent = trace.set_span_in_context(span, _EMPTY)
+        tracer = self._tracer
+        for policy, start, end, decision in records:
+            attrs: dict[str, Any] = {
+                "apigw.policy.phase": Phase(policy.phase).name,
+                "apigw.policy.decision": _decision_name(decision),
+            }
+            child = tracer.start_span(
+                type(policy).__name__,
+                context=parent,
+                kind=SpanKind.INTERNAL,
+                attributes=attrs,
+                start_time=start + offset,
+            )
+            if isinstance(decision, Deny):
+                child.set_attribute("apigw.response_type", decision.response_type)
+                child.set_status(Status(StatusCode.ERROR, decision.response_type))
+            child.end(end_time=end + offset)
+
+
+class _TraceHeaders:
+    """The request headers tracing reads, found in one pass over the raw headers."""
+
+    __slots__ = ("any_trace", "traceparent", "tracestate", "user_agent", "xray")
+
+    def __init__(self) -> None:
+        self.traceparent: list[str] = []
+        self.tracestate: list[str] = []
+        self.xray: list[str] = []
+        self.user_agent: str | None = None
+        self.any_trace = False
+
+
+_ASGI_NAMES = {
+    b"traceparent": "traceparent",
+    b"tracestate": "tracestate",
+    b"x-amzn-trace-id": "xray",
+}
+_WSGI_NAMES = (
+    ("HTTP_TRACEPARENT", "traceparent"),
+    ("HTTP_TRACESTATE", "tracestate"),
+    ("HTTP_X_AMZN_TRACE_ID", "xray"),
+)
+
+
+def _headers(request: Request) -> _TraceHeaders:
+    """Trace headers and user agent, without building the full header mapping.
+
+    Reads the ASGI scope's raw header list or the WSGI environ (where a server joins a
+    repeated header with commas, which the trace header parsers reject).
+    """
+    found = _TraceHeaders()
+    raw = request.raw
+    if isinstance(raw, dict) and "wsgi.version" not in raw and "headers" in raw:
+        for name, value in raw["headers"]:
+            attr = _ASGI_NAMES.get(name) or _ASGI_NAMES.get(name.lower())
+            if attr is not None:
+                getattr(found, attr).append(value.decode("latin-1"))
+                found.any_trace = True
+            elif name == b"user-agent" or name.lower() == b"user-agent":
+                found.user_agent = value.decode("latin-1")
+        return found
+    if isinstance(raw, dict):
+        for key, attr in _WSGI_NAMES:
+            value = raw.get(key)
+            if value is not None:
+                getattr(found, attr).append(value)
+                found.any_trace = True
+        found.user_agent = raw.get("HTTP_USER_AGENT")
+        return found
+    headers = request.headers  # another carrier: the parsed mapping
+    for key, attr in (("traceparent", "traceparent"), ("tracestate", "tracestate")):
+        values = headers.getlist(key)
+        if values:
+            getattr(found, attr).extend(values)
+            found.any_trace = True
+    xray = headers.getlist("x-amzn-trace-id")
+    if xray:
+        found.xray.extend(xray)
+        found.any_trace = True
+    found.user_agent = headers.get("user-agent")
+    return found
+
+
+def _learned(context: RequestContext, name: str) -> Any:
+    """``context.<name>`` if a policy has filled it in, else ``None``: reading an untouched
+    lazy field (identity, authorizer) would build it for nothing."""
+    fields = getattr(context, "__dict__", None)
+    if fields is None:
+        return getattr(context, name)
+    return fields.get(name)
+
+
+def _decision_name(decision: Any) -> str:
+    if isinstance(decision, Deny):
+        return "deny"
+    if isinstance(decision, Respond):
+        return "respond"
+    if isinstance(decision, Allow):
+        return "allow"
+    return "continue"
+
+
+def _trace_state(values: list[str]) -> TraceState | None:
+    """A W3C ``tracestate`` from its header values; ``None`` when absent or malformed."""
+    if not values:
+        return None
+    joined = ",".join(values)
+    if len(joined) > 8192:
+        return None
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for member in joined.split(","):
+        if not member.strip():
+            continue
+        m = _TS_MEMBER.fullmatch(member)
+        if m is None or m.group(1) in seen:
+            return None
+        seen.add(m.group(1))
+        pairs.append((m.group(1), m.group(2)))
+    if not pairs or len(pairs) > 32:
+        return None
+    return TraceState(pairs)
+
+
+def console_tracer_provider(out: IO[str] | None = None) -> trace.TracerProvider:
+    """A tracer provider that prints one line per finished span (needs ``opentelemetry-sdk``).
+
+    Meant for demos and debugging; spans are printed as they end, without batching.
+
+    Example::
+
+        tracing = Tracing(console_tracer_provider(), policy_spans=True)
+        app = GatewayMiddleware(app, policies=[tracing, AccessLog(AccessLog.CLF)])
+    """
+    import sys
+
+    sdk_trace = importlib.import_module("opentelemetry.sdk.trace")
+    export = importlib.import_module("opentelemetry.sdk.trace.export")
+    stream = out if out is not None else sys.stderr
+
+    def line(span: Any) -> str:
+        sc = span.context
+        parent = f"{span.parent.span_id:016x}" if span.parent is not None else "-"
+        ms = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
+        attrs = " ".join(f"{k}={v}" for k, v in (span.attributes or {}).items())
+        status = span.status.status_code.name
+        return (
+            f"span {span.name!r} trace={sc.trace_id:032x} span={sc.span_id:016x} "
+            f"parent={parent} {ms:.2f}ms {status} {attrs}\n"
+        )
+
+    provider = sdk_trace.TracerProvider()
+    provider.add_span_processor(
+        export.SimpleSpanProcessor(export.ConsoleSpanExporter(out=stream, formatter=line))
+    )
+    return provider  # type: ignore[no-any-return]

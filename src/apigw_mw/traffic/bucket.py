@@ -1,0 +1,312 @@
+"""Token buckets and the :class:`Throttle` policy (stage, route and per-client limits)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import ConfigurationError
+from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
+from ..responses import Deny
+from ..routes import RoutePattern, Router
+from .storage import Hits, Level, Store, get_store
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
+    from ..request import Request
+
+__all__ = ["Throttle", "TokenBucket"]
+
+_KEYS = ("route", "stage", "source_ip", "api_key")
+_ON_ERROR = ("allow", "deny")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucket:
+    """A token bucket: ``burst`` tokens of capacity, refilled at ``rate`` tokens a second.
+
+    Each request takes one token. A full bucket admits ``burst`` requests back to back, then
+    ``rate`` a second (fractions allowed: ``rate=0.5`` is one request every two seconds).
+
+    Example::
+
+        TokenBucket(rate=10, burst=20)
+    """
+
+    rate: float
+    """Tokens added per second; positive, fractions allowed."""
+    burst: int
+    """Capacity: how many requests a full bucket admits back to back; at least 1."""
+
+    def __post_init__(self) -> None:
+        rate, burst = self.rate, self.burst
+        if (
+            not isinstance(rate, (int, float))
+            or isinstance(rate, bool)
+            or not math.isfinite(rate)
+            or rate <= 0
+        ):
+            raise ConfigurationError("TokenBucket.rate", f"{rate!r} must be a positive number")
+        if isinstance(burst, float) and float(burst).is_integer():
+            object.__setattr__(self, "burst", int(burst))
+            burst = int(burst)
+        if not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
+            raise ConfigurationError("TokenBucket.burst", f"{burst!r} must be an int of at least 1")
+
+
+def check_bucket(value: Any, field: str) -> TokenBucket:
+    if not isinstance(value, TokenBucket):
+        raise ConfigurationError(field, f"{value!r} is not a TokenBucket")
+    return value
+
+
+def route_limits_arg(
+    limits: Mapping[str, TokenBucket] | None, field: str
+) -> tuple[dict[str, TokenBucket], Router | None]:
+    """Normalised route keys to buckets, and a router over them."""
+    out: dict[str, TokenBucket] = {}
+    if limits is None:
+        return out, None
+    if not isinstance(limits, Mapping):
+        raise ConfigurationError(field, "must be a mapping of route keys to TokenBuckets")
+    patterns = []
+    for route, bucket in limits.items():
+        pattern = RoutePattern.parse(route, field_name=field)
+        out[pattern.key] = check_bucket(bucket, f"{field}.{route}")
+        patterns.append(pattern)
+    return out, (Router(patterns) if patterns else None)
+
+
+def route_path(request: Request, base_path: str | None) -> str:
+    path = request.path
+    if base_path and (path == base_path or path.startswith(base_path + "/")):
+        return path[len(base_path) :] or "/"
+    return path
+
+
+def limited_route(
+    request: Request,
+    ctx: RequestContext,
+    limits: Mapping[str, Any],
+    router: Router | None,
+    base_path: str | None,
+) -> str | None:
+    """The route key of ``limits`` that applies to the request, if any."""
+    rk = ctx.route_key
+    if rk is not None and rk in limits:
+        return rk
+    if router is None:
+        return None
+    best = router.match(request.method, route_path(request, base_path)).best
+    return best.key if best is not None else None
+
+
+def _wait(effect: Hits) -> Generator[Hits, Any, Deny | None]:
+    outcome = yield effect
+    if isinstance(outcome, BaseException):  # pragma: no cover - stores return decisions
+        raise outcome
+    return outcome  # type: ignore[no-any-return]
+
+
+def format_headers(items: list[tuple[str, int, int, int, int]]) -> tuple[bytes, bytes]:
+    """``RateLimit-Policy`` and ``RateLimit`` values (structured-field lists)."""
+    policy = ", ".join(f'"{n}";q={q};w={w}' for n, q, w, _r, _t in items)
+    current = ", ".join(f'"{n}";r={r};t={t}' for n, _q, _w, r, t in items)
+    return policy.encode("ascii"), current.encode("ascii")
+
+
+def write_headers(ctx: RequestContext, slot: str, head: ResponseHead) -> None:
+    items = ctx.extra.get(slot)
+    if items:
+        policy, current = format_headers(items)
+        head.headers.append((b"ratelimit-policy", policy))
+        head.headers.append((b"ratelimit", current))
+
+
+class Throttle(BasePolicy):
+    """Throttle requests with token buckets, as API Gateway's stage, route and usage-plan
+    limits do.
+
+    Args:
+        bucket: the :class:`TokenBucket` of each key.
+        key: what one bucket is for: ``"route"`` (default: one bucket per route key, API
+            Gateway's default method throttling), ``"stage"`` (one bucket for the whole API,
+            like the account limit), ``"source_ip"`` (one per client address),
+            ``"api_key"`` (one per API key, once :class:`ApiKeyAuth` has found it), or a
+            callable taking the :class:`Request` and returning a string, or ``None`` to let
+            the request through unthrottled.
+        routes: where the policy applies (``None``: everywhere).
+        route_limits: per-route buckets that *replace* ``bucket`` on their route (a route
+            key, a separate bucket per route and key).
+        storage: a storage URI or store; ``None`` uses the gateway's ``storage``.
+        on_storage_error: ``"allow"`` (default) lets requests through while the storage is
+            down; ``"deny"`` answers 500 ``API_CONFIGURATION_ERROR``.
+        headers: add ``RateLimit-Policy`` and ``RateLimit`` headers to every response.
+        name: the policy's name in storage keys and headers (default: derived from ``key``
+            and ``routes``, the same in every process).
+
+    Limits keyed by route, stage, address or callable run in the phase before the
+    authorizers; ``key="api_key"`` runs with the API key check. A refused request gets 429
+    ``THROTTLED`` ``{"message":"Too Many Requests"}`` with ``Retry-After``.
+
+    Example::
+
+        policies = [
+            Throttle(TokenBucket(rate=1000, burst=2000)),
+            Throttle(TokenBucket(rate=5, burst=10), key="source_ip", routes=["POST /login"]),
+        ]
+    """
+
+    phase = Phase.THROTTLE
+
+    def __init__(
+        self,
+        bucket: TokenBucket,
+        *,
+        key: str | Callable[[Request], str | None] = "route",
+        routes: Iterable[str] | None = None,
+        route_limits: Mapping[str, TokenBucket] | None = None,
+        storage: str | Store | None = None,
+        on_storage_error: str = "allow",
+        headers: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(routes=routes)
+        self.bucket = check_bucket(bucket, "Throttle.bucket")
+        if not callable(key) and key not in _KEYS:
+            raise ConfigurationError(
+                "Throttle.key", f"{key!r} is not one of {', '.join(_KEYS)} or a callable"
+            )
+        self.key = key
+        self.route_limits, self._router = route_limits_arg(route_limits, "Throttle.route_limits")
+        if self.routes is not None:
+            mine = {RoutePattern.parse(r).key for r in self.routes}
+            for route in self.route_limits:
+                if route not in mine:
+                    raise ConfigurationError(
+                        f"Throttle.route_limits.{route}", "is not among the policy's routes"
+                    )
+        if storage is not None and not isinstance(storage, (str, Store)):
+            raise ConfigurationError("Throttle.storage", "must be a storage URI or a store")
+        self.storage = storage
+        if on_storage_error not in _ON_ERROR:
+            raise ConfigurationError("Throttle.on_storage_error", "must be 'allow' or 'deny'")
+        self.on_storage_error = on_storage_error
+        self.headers = bool(headers)
+        kind = key if isinstance(key, str) else "custom"
+        if name is None:
+            name = kind
+            if self.routes is not None:
+                digest = hashlib.sha256(",".join(sorted(self.routes)).encode()).hexdigest()
+                name = f"{kind}-{digest[:8]}"
+            elif callable(key):
+                qual = f"{getattr(key, '__module__', '')}.{getattr(key, '__qualname__', '')}"
+                name = f"custom-{hashlib.sha256(qual.encode()).hexdigest()[:8]}"
+        elif (
+            not isinstance(name, str)
+            or not name
+            or any(c in name for c in '{}"\\')
+            or (not name.isascii() or not name.isprintable())
+        ):
+            raise ConfigurationError("Throttle.name", f"{name!r} must be printable ASCII")
+        self.name = name
+        if key == "api_key":
+            self.phase = Phase.API_KEY  # type: ignore[misc]
+
+    def bind(self, settings: GatewaySettings) -> Policy:
+        store = get_store(
+            settings.storage if self.storage is None else self.storage, "Throttle.storage"
+        )
+        return _BoundThrottle(self, store, settings)
+
+
+class _BoundThrottle:
+    """A :class:`Throttle` bound to one gateway's store and stage."""
+
+    def __init__(self, spec: Throttle, store: Store, settings: GatewaySettings) -> None:
+        self.spec = spec
+        self.phase = spec.phase
+        self.routes = spec.routes
+        self.store = store
+        self.base_path = settings.stage.base_path
+        self.deny_on_error = spec.on_storage_error == "deny"
+        self.headers = spec.headers
+        self.header_slot = f"apigw.ratelimit.{id(self):x}"
+        if spec.headers:
+            self.on_response = self._on_response
+        key = spec.key
+        self._kind = key if isinstance(key, str) else "custom"
+        self._func: Callable[[Request], str | None] | None = None if isinstance(key, str) else key
+        self._limits = spec.route_limits
+        self._router = spec._router
+        tag = "{s:" + settings.stage.name + "}" if key != "api_key" else ""
+        self._prefix = f"{tag}:t:{spec.name}:"
+        self._levels: dict[str, Level] = {}
+        bucket = spec.bucket
+        self._default = (bucket.rate, bucket.burst)
+
+    on_response: Callable[[Request, RequestContext, ResponseHead], None] | None = None
+    on_request: Callable[[Request, RequestContext], None] | None = None
+    on_complete: Callable[[Request, RequestContext], None] | None = None
+
+    def bind(self, settings: GatewaySettings) -> Policy:
+        return self
+
+    def _on_response(self, request: Request, ctx: RequestContext, head: ResponseHead) -> None:
+        write_headers(ctx, self.header_slot, head)
+
+    def _route_level(self, route: str | None, client: str) -> Level:
+        """The bucket for ``client`` (``""`` for route/stage keys) on ``route``."""
+        cache_key = f"{route}\x00{client}" if client else (route or "")
+        level = self._levels.get(cache_key)
+        if level is not None:
+            return level
+        bucket = self._limits.get(route) if route is not None else None
+        rate, burst = (bucket.rate, bucket.burst) if bucket is not None else self._default
+        part = route if bucket is not None or self._kind == "route" else None
+        key = self._prefix + (part or "") + ("|" + client if client else "")
+        level = Level(key, rate, burst, self.spec.name)
+        # Static keys are cached; per-client ones are built per request.
+        if not client and len(self._levels) < 10_000:
+            self._levels[cache_key] = level
+        return level
+
+    def flow(
+        self, request: Request, ctx: RequestContext
+    ) -> Generator[Hits, Any, Deny | None] | None:
+        kind = self._kind
+        route = (
+            limited_route(request, ctx, self._limits, self._router, self.base_path)
+            if self._limits
+            else None
+        )
+        if kind == "route":
+            level = self._route_level(route or ctx.route_key or "$default", "")
+        elif kind == "stage":
+            level = self._route_level(route, "")
+        elif kind == "source_ip":
+            ip = ctx.identity.source_ip
+            if ip is None:
+                return None
+            level = self._route_level(route, ip)
+        elif kind == "api_key":
+
+            def resolve() -> list[Level]:
+                key_id = ctx.identity.api_key_id
+                if key_id is None:
+                    return []
+                lv = self._route_level(route, key_id)
+                lv.key = "{k:" + key_id + "}" + lv.key
+                return [lv]
+
+            return _wait(Hits(self.store, (), (), self, ctx, resolve))
+        else:
+            assert self._func is not None
+            value = self._func(request)
+            if value is None:
+                return None
+            level = self._route_level(route, str(value))
+        return _wait(Hits(self.store, (level,), (), self, ctx))

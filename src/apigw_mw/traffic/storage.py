@@ -1,0 +1,828 @@
+"""Where token buckets and quota counters live: in process memory or in Redis.
+
+A store decides a whole phase at once. The policies of one phase (the route and per-client
+:class:`~apigw_mw.Throttle`\\ s, or the API key's plan limits and quota) each yield a
+:class:`Hits` effect naming the same store as ``batcher``; the pipeline hands them to the
+store together, and the store checks every bucket and quota and commits them only if all have
+capacity (all-or-nothing: a refused request consumes nothing at any level of its phase).
+
+- :class:`MemoryStore`: one process; thread-safe; a bucket is forgotten once it is full
+  again, so memory follows the number of *recently active* clients; an injectable clock.
+- :class:`RedisStore`: any ``redis://``, ``rediss://``, ``redis+unix://``,
+  ``redis+sentinel://``, ``redis+cluster://`` (and ``valkey`` twins) URI; the redis-py client
+  is the one ``limits`` builds from the URI; one Lua script (one round trip) per phase, on the
+  server's clock.
+
+The token bucket is the single-timestamp form (GCRA): a bucket stores the *theoretical
+arrival time* ``tat``; a request at ``now`` is admitted when
+``max(tat, now) + 1/rate - now <= burst/rate``, and then ``tat`` moves on by ``1/rate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from ..exceptions import ConfigurationError, StorageError
+from ..responses import Deny
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
+
+__all__ = [
+    "Hits",
+    "MemoryStore",
+    "RedisStore",
+    "Store",
+    "get_store",
+    "period_bounds",
+]
+
+logger = logging.getLogger("apigw_mw.traffic")
+
+DAY, WEEK, MONTH = 0, 1, 2
+PERIODS: Final = {"DAY": DAY, "WEEK": WEEK, "MONTH": MONTH}
+_EPS: Final = 1e-6  # one microsecond of slack absorbs float rounding in ``tat`` sums
+_FAILED: Final = Deny("API_CONFIGURATION_ERROR")
+
+
+# -- calendar periods (UTC), the same arithmetic as the Lua script -------------------------
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _civil_from_days(z: int) -> tuple[int, int, int]:
+    z += 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (m <= 2), m, d
+
+
+def period_bounds(day: int, kind: int, offset: int) -> tuple[int, int]:
+    """First day and first day after the quota period holding ``day`` (days since epoch).
+
+    ``DAY`` periods start at 00:00 UTC; ``WEEK`` periods on the weekday ``offset`` (0 is
+    Sunday, 1 Monday... 6 Saturday); ``MONTH`` periods on day ``offset + 1`` of the month.
+
+    >>> period_bounds(19723, MONTH, 0)   # 2024-01-01
+    (19723, 19754)
+    """
+    if kind == DAY:
+        return day, day + 1
+    if kind == WEEK:
+        start = day - (day - 3 - offset) % 7  # 1970-01-04 (day 3) was a Sunday
+        return start, start + 7
+    y, m, d = _civil_from_days(day)
+    if d - 1 < offset:
+        y, m = (y - 1, 12) if m == 1 else (y, m - 1)
+    ny, nm = (y + 1, 1) if m == 12 else (y, m + 1)
+    return _days_from_civil(y, m, offset + 1), _days_from_civil(ny, nm, offset + 1)
+
+
+# -- what a policy asks a store to check ----------------------------------------------------
+
+
+class Level:
+    """One token bucket to check: its storage key and its parameters in seconds."""
+
+    __slots__ = ("burst", "capacity", "interval", "key", "name", "rate")
+
+    def __init__(self, key: str, rate: float, burst: int, name: str) -> None:
+        self.key = key
+        self.rate = rate
+        self.burst = burst
+        self.interval = 1.0 / rate
+        self.capacity = burst / rate
+        self.name = name
+
+
+class QuotaLevel:
+    """One quota counter to check."""
+
+    __slots__ = ("key", "kind", "limit", "name", "offset")
+
+    def __init__(self, key: str, limit: int, kind: int, offset: int, name: str) -> None:
+        self.key = key
+        self.limit = limit
+        self.kind = kind
+        self.offset = offset
+        self.name = name
+
+
+class Owner:
+    """What a store needs from the policy behind an effect (duck-typed)."""
+
+    deny_on_error: bool
+    headers: bool
+    header_slot: str
+
+
+class Hits:
+    """The effect a traffic policy yields: check these buckets and quotas.
+
+    The outcome thrown back into the flow is ``None`` (admitted) or a :class:`Deny`
+    (``THROTTLED`` or ``QUOTA_EXCEEDED`` with ``Retry-After``; ``API_CONFIGURATION_ERROR``
+    when the store failed and the policy's ``on_storage_error`` is ``"deny"``).
+    ``resolve``, when given, supplies the levels at the moment the batch is performed (a
+    limit keyed by the API key, known only once the API-key policy of the phase has run).
+    """
+
+    __slots__ = ("batcher", "ctx", "levels", "owner", "quotas", "resolve")
+
+    def __init__(
+        self,
+        store: Store,
+        levels: Sequence[Level],
+        quotas: Sequence[QuotaLevel],
+        owner: Any,
+        ctx: RequestContext,
+        resolve: Callable[[], Sequence[Level]] | None = None,
+    ) -> None:
+        self.batcher = store
+        self.levels = levels
+        self.quotas = quotas
+        self.owner = owner
+        self.ctx = ctx
+        self.resolve = resolve
+
+    def run_sync(self) -> Deny | None:
+        return self.batcher.run_many_sync([self])[0]
+
+    async def run_async(self) -> Deny | None:
+        return (await self.batcher.run_many_async([self]))[0]
+
+
+# A store's raw answer: (now, admitted, [(ok, diff)] per bucket, [(ok, count, end)] per quota)
+# ``diff`` is max(tat, now) + interval - now; ``count`` the quota used before this request;
+# ``end`` the end of the quota period (epoch seconds).
+Raw = tuple[float, bool, list[tuple[bool, float]], list[tuple[bool, int, float]]]
+
+
+def _collect(effects: list[Hits]) -> tuple[list[Level], list[QuotaLevel]]:
+    levels: list[Level] = []
+    quotas: list[QuotaLevel] = []
+    for e in effects:
+        if e.resolve is not None:
+            e.levels = e.resolve()
+            e.resolve = None
+        if e.levels:
+            levels.extend(e.levels)
+        if e.quotas:
+            quotas.extend(e.quotas)
+    return levels, quotas
+
+
+def _verdicts(effects: list[Hits], raw: Raw) -> list[Deny | None]:
+    now, admitted, bres, qres = raw
+    if admitted:
+        for e in effects:
+            if e.owner.headers:
+                break
+        else:
+            return [None] * len(effects)
+    throttled = not admitted and any(not ok for ok, _ in bres)
+    wait = 0.0
+    if not admitted:
+        i = 0
+        for e in effects:
+            for lv in e.levels:
+                ok, diff = bres[i]
+                i += 1
+                if not ok:
+                    wait = max(wait, diff - lv.capacity)
+        if not throttled:
+            j = 0
+            for e in effects:
+                for _q in e.quotas:
+                    ok, _count, end = qres[j]
+                    j += 1
+                    if not ok:
+                        wait = max(wait, end - now)
+    retry = {"Retry-After": str(max(1, math.ceil(wait - _EPS)))}
+    out: list[Deny | None] = []
+    i = j = 0
+    for e in effects:
+        verdict: Deny | None = None
+        items: list[tuple[str, int, int, int, int]] = []
+        for lv in e.levels:
+            ok, diff = bres[i]
+            i += 1
+            if not ok:
+                verdict = Deny("THROTTLED", headers=retry)
+            if e.owner.headers:
+                if admitted:
+                    remaining = int((lv.capacity - diff) / lv.interval + _EPS)
+                    full_in = diff
+                else:
+                    remaining = 0 if not ok else int((lv.capacity - diff) / lv.interval + 1 + _EPS)
+                    full_in = diff - lv.interval
+                items.append(
+                    (
+                        lv.name,
+                        lv.burst,
+                        max(1, math.ceil(lv.capacity - _EPS)),
+                        max(0, remaining),
+                        max(0, math.ceil(full_in - _EPS)),
+                    )
+                )
+        for q in e.quotas:
+            ok, count, end = qres[j]
+            j += 1
+            if not ok and not throttled:
+                verdict = Deny("QUOTA_EXCEEDED", headers=retry)
+            if e.owner.headers:
+                used = count + 1 if admitted else count
+                start, _ = period_bounds(int(now // 86400), q.kind, q.offset)
+                items.append(
+                    (
+                        q.name,
+                        q.limit,
+                        int(end) - start * 86400,
+                        max(0, q.limit - used),
+                        max(0, math.ceil(end - now)),
+                    )
+                )
+        if items:
+            e.ctx.extra[e.owner.header_slot] = items
+        out.append(verdict)
+    return out
+
+
+class Store:
+    """Base of the stores: the batcher protocol, failure accounting and logging.
+
+    Attributes:
+        errors: how many phase decisions failed because the store was unavailable.
+    """
+
+    log_interval: float = 60.0
+    retry_interval: float = 1.0
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self._last_log = -math.inf
+        self._down_until = -math.inf
+        self._state_lock = threading.Lock()
+
+    # Batcher protocol -------------------------------------------------------------------
+
+    def run_many_sync(self, effects: list[Hits]) -> list[Deny | None]:
+        levels, quotas = _collect(effects)
+        if not levels and not quotas:
+            return [None] * len(effects)
+        try:
+            raw = self.check_sync(levels, quotas)
+        except StorageError as exc:
+            return self._failed(effects, exc)
+        return _verdicts(effects, raw)
+
+    async def run_many_async(self, effects: list[Hits]) -> list[Deny | None]:
+        levels, quotas = _collect(effects)
+        if not levels and not quotas:
+            return [None] * len(effects)
+        try:
+            raw = await self.check_async(levels, quotas)
+        except StorageError as exc:
+            return self._failed(effects, exc)
+        return _verdicts(effects, raw)
+
+    # What each store implements ---------------------------------------------------------
+
+    def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        raise NotImplementedError
+
+    async def check_async(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        return self.check_sync(levels, quotas)
+
+    def quota_used(self, key: str, kind: int, offset: int) -> int:
+        """The count of the current period of quota counter ``key``."""
+        raise NotImplementedError
+
+    def quota_reset(self, key: str) -> None:
+        """Forget quota counter ``key``."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    # Failures ---------------------------------------------------------------------------
+
+    def _failed(self, effects: list[Hits], exc: BaseException) -> list[Deny | None]:
+        now = time.monotonic()
+        with self._state_lock:
+            self.errors += 1
+            log = now - self._last_log >= self.log_interval
+            if log:
+                self._last_log = now
+        if log:
+            logger.warning(
+                "%s unavailable (%s); applying each policy's on_storage_error "
+                "(%d failed decisions so far)",
+                self.describe(),
+                exc,
+                self.errors,
+            )
+        return [_FAILED if e.owner.deny_on_error else None for e in effects]
+
+
+class MemoryStore(Store):
+    """Token buckets and quotas in this process's memory.
+
+    Args:
+        clock: returns the current time in epoch seconds (``time.time``); tests pass a
+            controllable clock.
+        max_buckets: a hard cap on the number of buckets kept; past it the least recently
+            used are forgotten. Buckets are forgotten anyway once they are full again (which
+            cannot change a decision), so the cap only matters for floods of distinct clients
+            that keep their buckets draining.
+
+    Safe under threads. Example::
+
+        clock = FakeClock(1_700_000_000.0)
+        store = MemoryStore(clock=clock)
+        policies = [Throttle(TokenBucket(rate=1, burst=2), storage=store)]
+    """
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.time, max_buckets: int = 2_000_000
+    ) -> None:
+        super().__init__()
+        if not isinstance(max_buckets, int) or max_buckets < 1:
+            raise ConfigurationError("max_buckets", "must be a positive int")
+        self.clock = clock
+        self.max_buckets = max_buckets
+        self._buckets: OrderedDict[str, float] = OrderedDict()
+        self._quotas: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """How many buckets are held (full buckets are not)."""
+        return len(self._buckets)
+
+    def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        buckets = self._buckets
+        with self._lock:
+            now = self.clock()
+            admitted = True
+            bres: list[tuple[bool, float]] = []
+            pending: dict[str, float] = {}
+            for lv in levels:
+                key = lv.key
+                tat = pending.get(key)
+                if tat is None:
+                    tat = buckets.get(key, now)
+                if tat < now:
+                    tat = now
+                diff = tat + lv.interval - now
+                if diff <= lv.capacity + _EPS:
+                    pending[key] = now + diff
+                    bres.append((True, diff))
+                else:
+                    admitted = False
+                    bres.append((False, diff))
+            qres: list[tuple[bool, int, float]] = []
+            qpending: dict[str, tuple[int, int]] = {}
+            if quotas:
+                day = int(now // 86400)
+                for q in quotas:
+                    start, end = period_bounds(day, q.kind, q.offset)
+                    entry = qpending.get(q.key) or self._quotas.get(q.key)
+                    count = entry[1] if entry is not None and entry[0] == start else 0
+                    ok = count < q.limit
+                    if ok:
+                        qpending[q.key] = (start, count + 1)
+                    else:
+                        admitted = False
+                    qres.append((ok, count, end * 86400.0))
+            if admitted:
+                for key, tat in pending.items():
+                    buckets[key] = tat
+                    buckets.move_to_end(key)
+                if qpending:
+                    self._quotas.update(qpending)
+            # Forget buckets that are full again (oldest updates first), a few per call.
+            for _ in range(3 if buckets else 0):
+                oldest = next(iter(buckets))
+                if buckets[oldest] > now and len(buckets) <= self.max_buckets:
+                    break
+                del buckets[oldest]
+                if not buckets:
+                    break
+        return now, admitted, bres, qres
+
+    def quota_used(self, key: str, kind: int, offset: int) -> int:
+        with self._lock:
+            start, _ = period_bounds(int(self.clock() // 86400), kind, offset)
+            entry = self._quotas.get(key)
+        return entry[1] if entry is not None and entry[0] == start else 0
+
+    def quota_reset(self, key: str) -> None:
+        with self._lock:
+            self._quotas.pop(key, None)
+
+    def describe(self) -> str:
+        return "memory store"
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+_LUA: Final = """
+-- KEYS: bucket keys, then quota keys.
+-- ARGV: nb, nq, now (microseconds, '' for the server clock),
+--       (interval_us, capacity_us) per bucket, (limit, kind, offset) per quota.
+local nb = tonumber(ARGV[1])
+local nq = tonumber(ARGV[2])
+local now
+if ARGV[3] ~= '' then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m
+  if mp < 10 then m = mp + 3 else m = mp - 9 end
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+local function bounds(day, kind, offset)
+  if kind == 0 then return day, day + 1 end
+  if kind == 1 then
+    local s = day - ((day - 3 - offset) % 7)
+    return s, s + 7
+  end
+  local y, m, d = civil_from_days(day)
+  if d - 1 < offset then
+    if m == 1 then y = y - 1; m = 12 else m = m - 1 end
+  end
+  local ny, nm = y, m + 1
+  if m == 12 then ny = y + 1; nm = 1 end
+  return days_from_civil(y, m, offset + 1), days_from_civil(ny, nm, offset + 1)
+end
+local out = {now, 1}
+local ok = 1
+local pend = {}
+for i = 1, nb do
+  local k = KEYS[i]
+  local interval = tonumber(ARGV[2 + 2 * i])
+  local capacity = tonumber(ARGV[3 + 2 * i])
+  local tat = pend[k]
+  if tat == nil then tat = tonumber(redis.call('GET', k) or '0') end
+  if tat < now then tat = now end
+  local diff = tat + interval - now
+  if diff <= capacity + 1 then
+    pend[k] = tat + interval
+    out[#out + 1] = 1
+  else
+    ok = 0
+    out[#out + 1] = 0
+  end
+  out[#out + 1] = math.ceil(diff)
+end
+local base = 3 + 2 * nb
+local day = math.floor(now / 86400000000)
+local qpend = {}
+local qstart = {}
+local qend = {}
+for j = 1, nq do
+  local k = KEYS[nb + j]
+  local limit = tonumber(ARGV[base + 3 * j - 2])
+  local s, e = bounds(day, tonumber(ARGV[base + 3 * j - 1]), tonumber(ARGV[base + 3 * j]))
+  local count = qpend[k]
+  if count == nil then
+    count = 0
+    local v = redis.call('HMGET', k, 'p', 'n')
+    if v[1] and tonumber(v[1]) == s then count = tonumber(v[2]) or 0 end
+  end
+  if count < limit then
+    qpend[k] = count + 1
+    out[#out + 1] = 1
+  else
+    ok = 0
+    out[#out + 1] = 0
+  end
+  qstart[k] = s
+  qend[k] = e
+  out[#out + 1] = count
+  out[#out + 1] = e
+end
+if ok == 1 then
+  for k, tat in pairs(pend) do
+    redis.call('SET', k, string.format('%.17g', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  end
+  for k, count in pairs(qpend) do
+    redis.call('HSET', k, 'p', qstart[k], 'n', count)
+    redis.call('EXPIRE', k, qend[k] * 86400 - math.floor(now / 1000000) + 3600)
+  end
+end
+out[2] = ok
+return out
+"""
+_SHA: Final = hashlib.sha1(_LUA.encode()).hexdigest()
+
+
+def _safe_uri(uri: str) -> str:
+    """The URI without credentials, for logs."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return scheme
+    hosts = rest.rpartition("@")[2]
+    return f"{scheme}://{hosts.partition('?')[0]}"
+
+
+class RedisClients:
+    """The redis-py clients ``limits`` builds from one URI: one sync, one per event loop.
+
+    The URI's scheme picks the deployment (``redis``, ``rediss``, ``redis+unix``,
+    ``redis+sentinel``, ``redis+cluster``, ``valkey...``); its query string carries client
+    options (``?socket_timeout=1``), which win over the short defaults given here.
+    """
+
+    def __init__(self, uri: str, *, timeout: float = 0.5) -> None:
+        self.uri = uri.removeprefix("async+")
+        self.timeout = timeout
+        self._sync: Any = None
+        self._lock = threading.Lock()
+        self._async: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
+
+    def _options(self, asynchronous: bool) -> dict[str, Any]:
+        if asynchronous:
+            from redis.asyncio.retry import Retry as AsyncRetry
+            from redis.backoff import NoBackoff
+
+            retry: Any = AsyncRetry(NoBackoff(), 0)
+        else:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            retry = Retry(NoBackoff(), 0)
+        # Short timeouts and no client-side retries: an outage costs one fast failure per
+        # decision (then the store's cool-down), never a retry storm.
+        return {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": retry,
+        }
+
+    def sync(self) -> Any:
+        client = self._sync
+        if client is None:
+            with self._lock:
+                if self._sync is None:
+                    from limits.storage import storage_from_string
+
+                    storage: Any = storage_from_string(self.uri, **self._options(False))
+                    self._sync = storage.get_connection()
+                client = self._sync
+        return client
+
+    async def aclient(self) -> Any:
+        loop = asyncio.get_running_loop()
+        entry = self._async.get(loop)
+        if entry is not None:
+            return entry[0]
+        from limits.storage import storage_from_string
+
+        storage: Any = storage_from_string(
+            "async+" + self.uri, implementation="redispy", **self._options(True)
+        )
+        client = storage.bridge.get_connection()
+        # Close the client's connections when its event loop shuts down: asyncio runs the
+        # ``finally`` of every open async generator then (``shutdown_asyncgens``).
+        closer = _close_on_shutdown(client)
+        await closer.__anext__()
+        self._async[loop] = (client, closer)
+        return client
+
+
+async def _close_on_shutdown(client: Any) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # closing a broken connection
+            await client.aclose()
+
+
+class RedisStore(Store):
+    """Token buckets and quotas in Redis, shared by every process and host using it.
+
+    Args:
+        uri: a Redis URI as ``limits`` reads it (``redis://host:6379/0``,
+            ``rediss://...``, ``redis+sentinel://host:26379/mymaster``,
+            ``redis+cluster://host1:7000,host2:7001``).
+        prefix: prepended to every key this store writes.
+        timeout: connect and read timeout in seconds (a URI option wins).
+        retry_interval: after a failure, decisions skip Redis for this many seconds (and
+            follow ``on_storage_error``) before trying again.
+        log_interval: an outage is logged at most once per this many seconds.
+        clock: for tests: returns epoch seconds sent to the script instead of the server's
+            ``TIME``.
+
+    Example::
+
+        store = RedisStore("redis://127.0.0.1:6379/0", prefix="shop:")
+        policies = [Throttle(TokenBucket(rate=100, burst=200), storage=store)]
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        prefix: str = "apigw-mw:",
+        timeout: float = 0.5,
+        retry_interval: float = 1.0,
+        log_interval: float = 60.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+            raise ConfigurationError("prefix", "must be a string without braces")
+        for name, value in (
+            ("timeout", timeout),
+            ("retry_interval", retry_interval),
+            ("log_interval", log_interval),
+        ):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ConfigurationError(name, "must be a non-negative number of seconds")
+        self.uri = uri
+        self.prefix = prefix
+        self.retry_interval = retry_interval
+        self.log_interval = log_interval
+        self.clock = clock
+        self.clients = RedisClients(uri, timeout=timeout)
+        from redis.exceptions import NoScriptError, RedisError
+
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
+        self._noscript = NoScriptError
+
+    def describe(self) -> str:
+        return f"Redis store {_safe_uri(self.uri)}"
+
+    def _args(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> list[Any]:
+        p = self.prefix
+        args: list[Any] = [p + lv.key for lv in levels]
+        args.extend(p + q.key for q in quotas)
+        args.append(len(levels))
+        args.append(len(quotas))
+        args.append("" if self.clock is None else repr(int(self.clock() * 1e6)))
+        for lv in levels:
+            args.append(repr(lv.interval * 1e6))
+            args.append(repr(lv.capacity * 1e6))
+        for q in quotas:
+            args.append(q.limit)
+            args.append(q.kind)
+            args.append(q.offset)
+        return args
+
+    @staticmethod
+    def _raw(reply: list[Any], nb: int, nq: int) -> Raw:
+        now = reply[0] / 1e6
+        bres = [(reply[2 + 2 * i] == 1, reply[3 + 2 * i] / 1e6) for i in range(nb)]
+        base = 2 + 2 * nb
+        qres = [
+            (
+                reply[base + 3 * j] == 1,
+                int(reply[base + 3 * j + 1]),
+                reply[base + 3 * j + 2] * 86400.0,
+            )
+            for j in range(nq)
+        ]
+        return now, reply[1] == 1, bres, qres
+
+    def _gate(self) -> None:
+        if time.monotonic() < self._down_until:
+            raise StorageError("Redis marked unavailable; retrying shortly")
+
+    def _down(self, exc: BaseException) -> StorageError:
+        self._down_until = time.monotonic() + self.retry_interval
+        return StorageError(f"{type(exc).__name__}: {exc}")
+
+    def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        self._gate()
+        nkeys = len(levels) + len(quotas)
+        args = self._args(levels, quotas)
+        try:
+            client = self.clients.sync()
+            try:
+                reply = client.evalsha(_SHA, nkeys, *args)
+            except self._noscript:
+                reply = client.eval(_LUA, nkeys, *args)
+        except self._errors as exc:
+            raise self._down(exc) from exc
+        return self._raw(reply, len(levels), len(quotas))
+
+    async def check_async(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        self._gate()
+        nkeys = len(levels) + len(quotas)
+        args = self._args(levels, quotas)
+        try:
+            client = await self.clients.aclient()
+            try:
+                reply = await client.evalsha(_SHA, nkeys, *args)
+            except self._noscript:
+                reply = await client.eval(_LUA, nkeys, *args)
+        except self._errors as exc:
+            raise self._down(exc) from exc
+        return self._raw(reply, len(levels), len(quotas))
+
+    def quota_used(self, key: str, kind: int, offset: int) -> int:
+        try:
+            pipe = self.clients.sync().pipeline(transaction=False)
+            pipe.time()
+            pipe.hmget(self.prefix + key, "p", "n")
+            (secs, _us), (period, count) = pipe.execute()
+        except self._errors as exc:
+            raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+        if self.clock is not None:
+            secs = self.clock()
+        start, _ = period_bounds(int(secs) // 86400, kind, offset)
+        if period is None or int(period) != start:
+            return 0
+        return int(count or 0)
+
+    def quota_reset(self, key: str) -> None:
+        try:
+            self.clients.sync().delete(self.prefix + key)
+        except self._errors as exc:
+            raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+
+
+# -- choosing a store from a URI ----------------------------------------------------------
+
+_REDIS_SCHEMES: Final = ("redis", "rediss", "redis+unix", "redis+cluster", "redis+sentinel")
+_stores: dict[str, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def get_store(spec: str | Store, field: str = "storage") -> Store:
+    """The store for a storage URI (one per URI per process) or the store given.
+
+    ``memory://`` is one :class:`MemoryStore` per process (every middleware naming it shares
+    it, as every process naming one Redis shares that); Redis URIs give a
+    :class:`RedisStore`. Other ``limits`` schemes (memcached, MongoDB) have no scripting
+    and are refused with :class:`ConfigurationError`.
+    """
+    if isinstance(spec, Store):
+        return spec
+    if not isinstance(spec, str) or "://" not in spec:
+        raise ConfigurationError(field, f"{spec!r} is not a storage URI or a store")
+    scheme = spec.partition("://")[0].lower().removeprefix("async+")
+    with _stores_lock:
+        store = _stores.get(spec)
+        if store is not None:
+            return store
+        if scheme == "memory":
+            store = MemoryStore()
+        elif scheme in _REDIS_SCHEMES or scheme.startswith("valkey"):
+            try:
+                store = RedisStore(spec)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    field, "Redis storage needs the redis package: pip install 'apigw-mw[redis]'"
+                ) from exc
+        else:
+            raise ConfigurationError(
+                field,
+                f"{scheme}:// cannot hold token buckets (no server-side scripting); "
+                "use memory:// or a Redis URI",
+            )
+        _stores[spec] = store
+        return store

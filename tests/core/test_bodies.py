@@ -1,0 +1,297 @@
+"""Request bodies (read on demand, replayed, limited) and streamed responses."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import pytest
+
+from apigw_mw import Allow, BasePolicy, Cors, GatewayMiddleware, Phase, WSGIGatewayMiddleware
+from tests.core import drive
+
+BINARY = bytes(range(256)) * 3
+
+
+class ReadsBody(BasePolicy):
+    """Reads the body and records its length and whether it was read before."""
+
+    phase = Phase.VALIDATE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes | None, bytes]] = []
+
+    def flow(self, request: Any, context: Any) -> Any:
+        before = request.body
+        body = yield request.read_body()
+        again = yield request.read_body()  # a second read is served from the buffer
+        assert again is body
+        self.seen.append((before, body))
+        return Allow(authorizer={"length": len(body)})
+
+
+class LooksOnly(BasePolicy):
+    phase = Phase.VALIDATE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[bytes | None] = []
+
+    def flow(self, request: Any, context: Any) -> Any:
+        self.bodies.append(request.body)
+        return None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b'{"name": "rex"}', id="json"),
+        pytest.param(BINARY, id="binary"),
+    ],
+)
+def test_body_read_by_a_policy_is_replayed_byte_for_byte(make_client, body):
+    reader = ReadsBody()
+    r = make_client([reader]).post("/upload", content=body)
+    assert r.status_code == 200
+    assert reader.seen == [(None, body)]
+    assert r.seen[0].body == body
+    assert r.json()["context"]["authorizer"] == {"length": len(body)}
+
+
+def test_body_is_not_read_unless_a_policy_asks(make_client):
+    looks = LooksOnly()
+    r = make_client([looks]).post("/upload", content=b"payload")
+    assert looks.bodies == [None]
+    assert r.seen[0].body == b"payload"
+
+
+@pytest.mark.parametrize("policies", [[], [LooksOnly()]], ids=["no-policies", "policy"])
+@pytest.mark.parametrize("limit", [10, 0])
+def test_content_length_over_limit_is_refused_before_reading(make_client, policies, limit):
+    r = make_client(policies, max_body_size=limit).post("/upload", content=b"x" * 11)
+    assert r.status_code == 413
+    assert r.json() == {"message": "Request Too Long"}
+    assert r.headers["x-amzn-errortype"] == "RequestTooLargeException"
+    assert r.seen == []
+
+
+def test_body_at_the_limit_passes(make_client):
+    r = make_client([ReadsBody()], max_body_size=11).post("/upload", content=b"x" * 11)
+    assert r.status_code == 200
+    assert r.seen[0].body == b"x" * 11
+
+
+def test_no_limit(make_client):
+    r = make_client([ReadsBody()], max_body_size=None).post("/upload", content=BINARY * 10)
+    assert r.status_code == 200
+    assert r.seen[0].body == BINARY * 10
+
+
+# -- ASGI: bodies in several messages -----------------------------------------------------
+
+CHUNKED = [(b"transfer-encoding", b"chunked")]
+
+
+def _asgi(policies: list[Any], **kw: Any) -> tuple[drive.EchoApp, GatewayMiddleware]:
+    app = drive.EchoApp()
+    return app, GatewayMiddleware(app, policies=policies, **kw)
+
+
+@pytest.mark.parametrize("policies", [[], [ReadsBody()]], ids=["no-policy", "reading-policy"])
+def test_asgi_chunked_upload_in_several_messages(policies):
+    chunks = [b"first,", b"", b"second,", BINARY]
+    app, gw = _asgi(policies)
+    r = drive.run(gw, drive.scope("POST", "/up", headers=CHUNKED), chunks)
+    assert r.status == 200
+    assert r.body == b"".join(chunks)
+    assert app.calls[0]["body"] == b"".join(chunks)
+
+
+@pytest.mark.parametrize("policies", [[], [ReadsBody()]], ids=["no-policy", "reading-policy"])
+def test_asgi_streamed_body_cut_at_the_limit(policies, caplog):
+    app, gw = _asgi(policies, max_body_size=10)
+    with caplog.at_level(logging.WARNING):
+        r = drive.run(gw, drive.scope("POST", "/up", headers=CHUNKED), [b"123456", b"7890", b"X"])
+    assert r.status == 413
+    assert r.json() == {"message": "Request Too Long"}
+    assert [c for c in app.calls if not c.get("disconnected")] == []
+    assert caplog.records == []
+
+
+def test_asgi_streamed_body_at_the_limit_passes():
+    _app, gw = _asgi([], max_body_size=10)
+    r = drive.run(gw, drive.scope("POST", "/up", headers=CHUNKED), [b"123456", b"7890"])
+    assert r.status == 200
+    assert r.body == b"1234567890"
+
+
+@pytest.mark.parametrize("policies", [[], [ReadsBody()]], ids=["no-policy", "reading-policy"])
+def test_asgi_client_disconnect_mid_body_is_quiet(policies, caplog):
+    app, gw = _asgi(policies)
+    with caplog.at_level(logging.DEBUG):
+        r = drive.run(
+            gw,
+            drive.scope("POST", "/up", headers=[(b"content-length", b"100")]),
+            [b"partial"],
+            disconnect=True,
+        )
+    assert r.messages == []  # nobody to answer
+    if policies:
+        assert app.calls == []  # a policy was reading: the app is not called
+    else:
+        assert app.calls == [{"path": "/up", "disconnected": True}]
+    assert [rec for rec in caplog.records if rec.levelno >= logging.WARNING] == []
+
+
+def test_asgi_content_length_over_limit_never_reads_the_body():
+    received = []
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        raise AssertionError("the app must not be called")
+
+    gw = GatewayMiddleware(app, policies=[ReadsBody()], max_body_size=4)
+    scope = drive.scope("POST", "/up", headers=[(b"content-length", b"5")])
+
+    async def receive():  # type: ignore[no-untyped-def]
+        received.append(1)
+        return {"type": "http.request", "body": b"12345"}
+
+    messages = []
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        messages.append(message)
+
+    import asyncio
+
+    asyncio.run(gw(scope, receive, send))
+    assert received == []
+    assert messages[0]["status"] == 413
+
+
+# -- ASGI: streamed responses -------------------------------------------------------------
+
+
+async def sse_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+    )
+    for i in range(3):
+        await send(
+            {"type": "http.response.body", "body": f"data: {i}\n\n".encode(), "more_body": True}
+        )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [[], [Cors(allow_origins=["https://a.example"]), LooksOnly()]],
+    ids=["no-policies", "with-hooks"],
+)
+def test_asgi_streaming_response_passes_through(policies):
+    gw = GatewayMiddleware(sse_app, policies=policies, integration_timeout=0.05)
+    r = drive.run(gw, drive.scope("GET", "/events", headers=[(b"origin", b"https://a.example")]))
+    assert len(r.starts) == 1
+    assert r.status == 200
+    assert r.bodies == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n", b""]
+    assert [m.get("more_body") for m in r.messages[1:]] == [True, True, True, False]
+    assert r.headers["x-amzn-requestid"]
+    assert r.headers["content-type"] == "text/event-stream"
+
+
+def test_asgi_a_second_response_start_from_the_app_is_dropped():
+    async def twice(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    r = drive.run(GatewayMiddleware(twice, policies=[LooksOnly()]), drive.scope())
+    assert r.status == 200
+    assert r.body == b"ok"
+
+
+# -- WSGI: bodies without Content-Length ---------------------------------------------------
+
+
+@pytest.mark.parametrize("policies", [[], [ReadsBody()]], ids=["no-policy", "reading-policy"])
+def test_wsgi_body_without_length_read_when_input_terminated(policies):
+    app = drive.WsgiEcho()
+    gw = WSGIGatewayMiddleware(app, policies=policies)
+    r = drive.call_wsgi(gw, drive.environ("POST", "/up", body=BINARY, terminated=True))
+    assert r.status == 200
+    assert r.body == BINARY
+    assert app.calls[0]["body"] == BINARY
+
+
+def test_wsgi_body_without_length_or_terminated_input_is_not_read():
+    reader = ReadsBody()
+    app = drive.WsgiEcho()
+    gw = WSGIGatewayMiddleware(app, policies=[reader])
+    env = drive.environ("POST", "/up", body=b"unbounded")
+    stream = env["wsgi.input"]
+    r = drive.call_wsgi(gw, env)
+    assert r.status == 200
+    assert reader.seen == [(None, b"")]
+    assert stream.tell() == 0  # the gateway did not touch the stream
+
+
+@pytest.mark.parametrize("policies", [[], [ReadsBody()]], ids=["no-policy", "reading-policy"])
+def test_wsgi_terminated_input_cut_at_the_limit(policies, caplog):
+    app = drive.WsgiEcho()
+    gw = WSGIGatewayMiddleware(app, policies=policies, max_body_size=10)
+    with caplog.at_level(logging.WARNING):
+        r = drive.call_wsgi(gw, drive.environ("POST", "/up", body=b"x" * 11, terminated=True))
+    assert r.status == 413
+    assert r.json() == {"message": "Request Too Long"}
+    assert r.headers["x-amzn-requestid"]
+    assert caplog.records == []
+
+
+def test_wsgi_input_shorter_than_content_length_is_a_client_error(caplog):
+    reader = ReadsBody()
+    app = drive.WsgiEcho()
+    gw = WSGIGatewayMiddleware(app, policies=[reader])
+    env = drive.environ("POST", "/up", body=b"short", content_length="100")
+    with caplog.at_level(logging.WARNING):
+        r = drive.call_wsgi(gw, env)
+    assert r.status == 400
+    assert r.json() == {"message": "Bad Request"}
+    assert app.calls == []
+    assert caplog.records == []
+
+
+def test_wsgi_replayed_body_has_a_matching_content_length():
+    app = drive.WsgiEcho()
+    gw = WSGIGatewayMiddleware(app, policies=[ReadsBody()])
+    env = drive.environ("POST", "/up", body=b"abc", terminated=True)
+    drive.call_wsgi(gw, env)
+    assert env["CONTENT_LENGTH"] == "3"
+    assert isinstance(env["wsgi.input"], io.BytesIO)
+    assert app.calls[0]["body"] == b"abc"
+
+
+def test_wsgi_streaming_response_passes_through():
+    def stream(environ, start_response):  # type: ignore[no-untyped-def]
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        for i in range(3):
+            yield f"data: {i}\n\n".encode()
+
+    gw = WSGIGatewayMiddleware(stream, policies=[Cors(allow_origins=["*"])])
+    chunks: list[bytes] = []
+    started: list[str] = []
+
+    def start_response(status, headers, exc_info=None):  # type: ignore[no-untyped-def]
+        started.append(status)
+
+    result = gw(drive.environ(headers={"origin": "https://x.example"}), start_response)
+    for chunk in result:
+        chunks.append(chunk)
+    result.close()  # type: ignore[attr-defined]
+    assert started == ["200 OK"]
+    assert chunks == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]

@@ -1,0 +1,214 @@
+"""The request context the app reads: get_context, as_dict shapes, time, source IP."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from apigw_mw import (
+    Allow,
+    BasePolicy,
+    ConfigurationError,
+    GatewayMiddleware,
+    Phase,
+    RequestContext,
+    RouteTable,
+    Stage,
+    WSGIGatewayMiddleware,
+    get_context,
+)
+from tests.core import drive
+
+REQUEST_TIME = re.compile(
+    r"^\d\d/(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)/\d{4}:\d\d:\d\d:\d\d \+0000$"
+)
+
+
+class Authorize(BasePolicy):
+    phase = Phase.AUTHORIZE
+
+    def flow(self, request, context):  # type: ignore[no-untyped-def]
+        return Allow(
+            authorizer={"principalId": "user-1", "claims": {"sub": "user-1"}},
+            identity={"api_key_id": "key-1", "client_cert": {"subjectDN": "CN=client"}},
+        )
+
+
+def _context(make_client, **kw):  # type: ignore[no-untyped-def]
+    client = make_client(
+        [RouteTable(["GET /pets/{petId}"]), Authorize()],
+        stage=Stage("prod", variables={"color": "blue"}, api_id="abc123"),
+        **kw,
+    )
+    r = client.get("/pets/9?x=1", headers={"user-agent": "curl/8.0"})
+    assert r.status_code == 200
+    return r.seen[0].context, r
+
+
+def test_context_attributes(make_client):
+    before = int(time.time() * 1000)
+    ctx, r = _context(make_client)
+    assert isinstance(ctx, RequestContext)
+    assert ctx.request_id == r.headers["x-amzn-requestid"]
+    assert ctx.extended_request_id == ctx.extended_request_id  # stable once made
+    assert ctx.route_key == "GET /pets/{petId}"
+    assert ctx.resource_path == "/pets/{petId}"
+    assert ctx.path_parameters == {"petId": "9"}
+    assert ctx.stage == "prod"
+    assert dict(ctx.stage_variables) == {"color": "blue"}
+    assert ctx.http_method == "GET"
+    assert ctx.path == "/pets/9"
+    assert ctx.identity.source_ip == "127.0.0.1"
+    assert ctx.identity.user_agent == "curl/8.0"
+    assert ctx.identity.api_key_id == "key-1"
+    assert ctx.identity.client_cert == {"subjectDN": "CN=client"}
+    assert ctx.authorizer["principalId"] == "user-1"
+    assert ctx.error is None
+    assert REQUEST_TIME.match(ctx.request_time)
+    assert before <= ctx.request_time_epoch <= int(time.time() * 1000)
+    assert time.strftime("%d/%b/%Y:%H:%M", time.gmtime(ctx.request_time_epoch / 1000)) in (
+        ctx.request_time
+    )
+
+
+def test_as_dict_rest_shape(make_client):
+    ctx, _ = _context(make_client)
+    d = ctx.as_dict("1.0")
+    assert d == ctx.as_dict()  # 1.0 is the default
+    assert d["requestId"] == ctx.request_id
+    assert d["extendedRequestId"] == ctx.extended_request_id
+    assert d["httpMethod"] == "GET"
+    assert d["resourcePath"] == "/pets/{petId}"
+    assert d["path"] == "/pets/9"
+    assert d["stage"] == "prod"
+    assert d["apiId"] == "abc123"
+    assert d["accountId"] == "123456789012"
+    assert d["protocol"] == "HTTP/1.1"
+    assert REQUEST_TIME.match(d["requestTime"])
+    assert d["requestTimeEpoch"] == ctx.request_time_epoch
+    assert d["identity"]["sourceIp"] == "127.0.0.1"
+    assert d["identity"]["userAgent"] == "curl/8.0"
+    assert d["identity"]["apiKeyId"] == "key-1"
+    assert d["identity"]["clientCert"] == {"subjectDN": "CN=client"}
+    assert "apiKey" not in d["identity"]  # the secret stays out
+    assert d["authorizer"]["principalId"] == "user-1"
+
+
+def test_as_dict_http_api_shape(make_client):
+    ctx, _ = _context(make_client)
+    d = ctx.as_dict("2.0")
+    assert d["requestId"] == ctx.request_id
+    assert d["routeKey"] == "GET /pets/{petId}"
+    assert d["stage"] == "prod"
+    assert d["apiId"] == "abc123"
+    assert d["accountId"] == "123456789012"
+    assert d["http"] == {
+        "method": "GET",
+        "path": "/pets/9",
+        "protocol": "HTTP/1.1",
+        "sourceIp": "127.0.0.1",
+        "userAgent": "curl/8.0",
+    }
+    assert REQUEST_TIME.match(d["time"])
+    assert d["timeEpoch"] == ctx.request_time_epoch
+    assert d["authorizer"]["principalId"] == "user-1"
+    assert d["authentication"] == {"clientCert": {"subjectDN": "CN=client"}}
+
+
+def test_as_dict_unmatched_route_and_bad_version(make_client):
+    r = make_client().get("/x")
+    ctx = r.seen[0].context
+    assert ctx.as_dict("2.0")["routeKey"] == "$default"
+    assert ctx.as_dict("1.0")["resourcePath"] is None
+    assert "authorizer" not in ctx.as_dict("2.0")
+    with pytest.raises(ValueError, match="version"):
+        ctx.as_dict("3.0")
+
+
+def test_get_context_from_asgi_scope_and_state():
+    seen = {}
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        seen["scope"] = get_context(scope)
+        seen["state"] = scope["state"]["apigw"]
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    drive.run(GatewayMiddleware(app), drive.scope())
+    assert isinstance(seen["scope"], RequestContext)
+    assert seen["state"] is seen["scope"]
+
+
+def test_get_context_from_wsgi_environ():
+    seen = {}
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        seen["ctx"] = get_context(environ)
+        start_response("204 No Content", [])
+        return []
+
+    drive.call_wsgi(WSGIGatewayMiddleware(app), drive.environ())
+    assert isinstance(seen["ctx"], RequestContext)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param({}, id="plain-dict"),
+        pytest.param({"apigw.context": "forged"}, id="not-a-context"),
+        pytest.param(object(), id="unknown-object"),
+    ],
+)
+def test_get_context_without_gateway_raises_lookup_error(obj):
+    with pytest.raises(LookupError):
+        get_context(obj)
+
+
+# -- source IP -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer", "xff", "expected"),
+    [
+        pytest.param((), "10.0.0.1", None, "10.0.0.1", id="peer"),
+        pytest.param((), "10.0.0.1", "6.6.6.6", "10.0.0.1", id="spoofed-xff-ignored"),
+        pytest.param(
+            ("10.0.0.0/8",), "10.0.0.1", "203.0.113.7", "203.0.113.7", id="one-trusted-hop"
+        ),
+        pytest.param(
+            ("10.0.0.0/8",),
+            "10.0.0.1",
+            "6.6.6.6, 203.0.113.7, 10.0.0.2",
+            "203.0.113.7",
+            id="rightmost-untrusted",
+        ),
+        pytest.param(
+            ("10.0.0.1",), "192.0.2.9", "6.6.6.6", "192.0.2.9", id="untrusted-peer-ignored"
+        ),
+        pytest.param(
+            ("10.0.0.0/8", "2001:db8::/32"),
+            "2001:db8::1",
+            "[2001:db8::5]:443, 198.51.100.4:5555",
+            "198.51.100.4",
+            id="ipv6-proxy-and-ports",
+        ),
+        pytest.param(("10.0.0.0/8",), "10.0.0.1", "junk", "10.0.0.1", id="garbage-hop"),
+        pytest.param(("10.0.0.0/8",), "10.0.0.1", "", "10.0.0.1", id="empty-header"),
+    ],
+)
+def test_source_ip(make_client, trusted, peer, xff, expected):
+    client = make_client(trusted_proxies=list(trusted))
+    headers = {"x-forwarded-for": xff} if xff is not None else None
+    r = client.get("/x", headers=headers, client_ip=peer)
+    assert r.json()["context"]["sourceIp"] == expected
+
+
+@pytest.mark.parametrize("entry", ["not-an-ip", "10.0.0.0/33", 42])
+def test_bad_trusted_proxies(adapter, entry):
+    from tests.helpers import GatewayClient
+
+    with pytest.raises(ConfigurationError) as err:
+        GatewayClient(adapter, trusted_proxies=[entry])
+    assert err.value.field == "trusted_proxies"

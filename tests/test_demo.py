@@ -1,0 +1,215 @@
+"""``apigw-mw demo``: its curl scenarios driven in process, and the real command on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from apigw_mw.cli import main
+from apigw_mw.commands.demo import (
+    DEMO_MAX_BODY,
+    DEMO_ORIGIN,
+    DemoCall,
+    _banner,
+    build_app,
+    demo_calls,
+)
+
+CALLS = demo_calls()
+
+
+def send(app: Any, call: DemoCall) -> httpx.Response:
+    """Send one demo call to the ASGI app in process."""
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            response = await client.request(
+                call.method, call.path, headers=list(call.headers), content=call.body()
+            )
+            await response.aread()
+            return response
+
+    return anyio.run(go)
+
+
+def scenario(title_part: str) -> DemoCall:
+    return next(c for c in CALLS if title_part in c.title)
+
+
+@pytest.mark.parametrize("call", [pytest.param(c, id=c.title) for c in CALLS])
+def test_every_printed_scenario_gets_its_status(call: DemoCall) -> None:
+    response = send(build_app(), call)
+    assert response.status_code == call.expect, response.text
+    # Every answer, the app's or the gateway's, carries a request id.
+    assert response.headers["x-amzn-requestid"]
+
+
+def test_the_scenarios_cover_the_core_behaviours() -> None:
+    statuses = {c.expect for c in CALLS}
+    assert {200, 204, 403, 413} <= statuses
+    assert any(c.method == "OPTIONS" for c in CALLS)
+
+
+def test_normal_call_reaches_the_app_with_the_context() -> None:
+    response = send(build_app(), scenario("path parameters"))
+    body = response.json()
+    assert body["pet"]["name"] == "Polly"
+    assert body["pathParameters"] == {"petId": "2"}
+    assert body["color"] == "blue"
+    assert body["gateway"]["routeKey"] == "GET /pets/{petId}"
+    assert body["gateway"]["stage"] == "demo"
+    assert body["gateway"]["requestId"] == response.headers["x-amzn-requestid"]
+
+
+def test_post_body_reaches_the_app_untouched() -> None:
+    response = send(build_app(), scenario("create a pet"))
+    assert response.json()["pet"] == {"id": 3, "name": "Rex", "kind": "dog"}
+
+
+def test_preflight_is_answered_by_the_gateway() -> None:
+    response = send(build_app(), scenario("preflight"))
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-origin"] == DEMO_ORIGIN
+    assert "POST" in response.headers["access-control-allow-methods"]
+    assert "content-type" in response.headers["access-control-allow-headers"]
+    assert response.headers["access-control-max-age"] == "600"
+    assert response.content == b""
+
+
+def test_cross_origin_call_gets_cors_headers() -> None:
+    response = send(build_app(), scenario("cross-origin"))
+    assert response.headers["access-control-allow-origin"] == DEMO_ORIGIN
+    assert "Origin" in response.headers["vary"]
+
+
+def test_undeclared_route_is_a_customised_403() -> None:
+    response = send(build_app(), scenario("does not declare"))
+    assert response.status_code == 403
+    assert response.headers["x-amzn-errortype"] == "MissingAuthenticationTokenException"
+    assert response.headers["x-demo-stage"] == "demo"
+    assert response.json() == {
+        "message": "Missing Authentication Token",
+        "type": "MISSING_AUTHENTICATION_TOKEN",
+        "requestId": response.headers["x-amzn-requestid"],
+    }
+
+
+def test_oversized_body_is_refused_before_the_app() -> None:
+    call = scenario("over the limit")
+    assert call.upload_bytes > DEMO_MAX_BODY
+    response = send(build_app(), call)
+    assert response.status_code == 413
+    assert response.headers["x-amzn-errortype"] == "RequestTooLargeException"
+    # The app would have answered 400 (the zeros are not JSON): the gateway answered.
+    assert response.json()["type"] == "REQUEST_TOO_LARGE"
+
+
+def test_curl_lines_are_valid_shell_naming_the_request() -> None:
+    base = "http://127.0.0.1:8000"
+    for call in CALLS:
+        line = call.curl(base)
+        words = shlex.split(line)
+        curl = words[words.index("curl") :]
+        assert curl[-1] == base + call.path
+        assert curl[1] == "-i"
+        if call.method not in ("GET", "POST"):
+            assert curl[curl.index("-X") + 1] == call.method
+        for name, value in call.headers:
+            assert f"{name}: {value}" in curl
+        if call.upload_bytes:
+            assert line.startswith(f"head -c {call.upload_bytes} /dev/zero | curl ")
+            assert "@-" in curl
+
+
+def test_banner_prints_every_curl_line() -> None:
+    base = "http://127.0.0.1:8123"
+    banner = _banner(base, trace=False, redis_url=None)
+    for call in CALLS:
+        assert call.curl(base) in banner
+
+
+def test_trace_prints_one_line_per_request() -> None:
+    out = io.StringIO()
+    app = build_app(trace=True, out=out)
+    send(app, scenario("a normal call"))
+    send(app, scenario("does not declare"))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "GET /pets route=GET /pets status=200" in lines[0]
+    assert "Cors=pass" in lines[0]
+    assert "status=403 MISSING_AUTHENTICATION_TOKEN" in lines[1]
+
+
+def test_demo_refuses_a_redis_option_that_is_not_a_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--redis", "localhost"]) == 2
+    assert "not a URL" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _demo_command() -> list[str]:
+    script = Path(sys.executable).with_name("apigw-mw")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "apigw_mw.cli"]
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """``apigw-mw demo`` as a real process on a free port; yields its URL and stdout file."""
+    port = _free_port()
+    stdout = tmp_path / "stdout.txt"
+    stderr = tmp_path / "stderr.txt"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [*_demo_command(), "demo", "--port", str(port)], stdout=out, stderr=err
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the demo exited with {proc.returncode}: {stderr.read_text()}")
+            try:
+                httpx.get(base + "/pets", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the demo did not listen within 30 s: {stderr.read_text()}")
+                time.sleep(0.1)
+        yield base, stdout
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_demo_command_serves_on_localhost(demo_server: tuple[str, Path]) -> None:
+    base, stdout = demo_server
+    response = httpx.get(base + "/pets", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["x-amzn-requestid"]
+    assert response.json()["gateway"]["routeKey"] == "GET /pets"
+    refused = httpx.get(base + "/admin", timeout=5)
+    assert refused.status_code == 403
+    printed = stdout.read_text()
+    assert f"curl -i {base}/pets" in printed
