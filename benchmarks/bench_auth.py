@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import jwt as pyjwt
-from bench_core import starlette_app, wsgi_app
-from harness import Call, Scenario
 
 from apigw_mw import GatewayMiddleware, LambdaAuthorizer, WSGIGatewayMiddleware
 from apigw_mw.auth.jwt import LocalIssuer
+from bench_core import starlette_app, wsgi_app
+from harness import Call, Scenario
 
 
 class PyJwtMiddleware:

@@ -13,7 +13,6 @@ import os
 import time
 from typing import Any
 
-from harness import Call, Scenario
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -33,6 +32,7 @@ from apigw_mw import (
     WSGIGatewayMiddleware,
 )
 from apigw_mw.traffic.storage import Hits, Level, QuotaLevel
+from harness import Call, Scenario
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 KEY = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
@@ -215,7 +215,10 @@ def _flask(limited: bool) -> Any:
         from flask_limiter.util import get_remote_address
 
         Limiter(
-            get_remote_address, app=app, default_limits=["1000000000/second"], storage_uri="memory://"
+            get_remote_address,
+            app=app,
+            default_limits=["1000000000/second"],
+            storage_uri="memory://",
         )
     return app
 
@@ -227,6 +230,14 @@ def scenarios() -> list[Scenario]:
     memory = MemoryStore()
     out = [
         Scenario("traffic: starlette bare app", "asgi", bare, get, group="traffic"),
+        Scenario(
+            "traffic: gateway, no policies",
+            "asgi",
+            GatewayMiddleware(bare),
+            keyed,
+            baseline="traffic: starlette bare app",
+            group="traffic",
+        ),
         Scenario(
             "traffic: throttle + key + plan + quota (memory)",
             "asgi",

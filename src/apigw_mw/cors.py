@@ -145,16 +145,15 @@ class Cors(BasePolicy):
     def flow(self, request: Request, context: RequestContext) -> Decision:
         if request.method != "OPTIONS":
             return None
-        headers = request.headers
-        origin = headers.get("origin")
-        wanted = headers.get("access-control-request-method")
+        origin = request.header("origin")
+        wanted = request.header("access-control-request-method")
         if origin is None or wanted is None:
             return None  # a plain OPTIONS request: the app answers it
         out: list[tuple[bytes, bytes]] = []
         if self._vary:
             out.append((b"vary", b"Origin"))
         if self.origin_allowed(origin) and self._preflight_ok(
-            wanted, headers.get("access-control-request-headers", "")
+            wanted, request.header("access-control-request-headers") or ""
         ):
             out.append((b"access-control-allow-origin", self._allow_origin_value(origin)))
             out.extend(self._preflight_extra)
@@ -176,7 +175,7 @@ class Cors(BasePolicy):
             # CORS headers (a disallowed origin, method or header).
             return
         headers = [(k, v) for k, v in head.headers if not k.startswith(_CORS_PREFIX)]
-        origin = request.headers.get("origin")
+        origin = request.header("origin")
         if origin is not None and self.origin_allowed(origin):
             headers.append((b"access-control-allow-origin", self._allow_origin_value(origin)))
             headers.extend(self._simple_extra)
@@ -186,11 +185,10 @@ class Cors(BasePolicy):
 
 
 def _is_preflight(request: Request) -> bool:
-    headers = request.headers
     return (
         request.method == "OPTIONS"
-        and "origin" in headers
-        and "access-control-request-method" in headers
+        and request.header("origin") is not None
+        and request.header("access-control-request-method") is not None
     )
 
 

@@ -526,6 +526,13 @@ def _group(batch: list[Any]) -> list[tuple[Any, list[int]]]:
 
 def perform_sync(batch: list[Any]) -> list[Any]:
     """Perform a batch of effects, blocking; exceptions become outcomes."""
+    if len(batch) == 1 and getattr(batch[0], "batcher", None) is None:
+        try:
+            return [batch[0].run_sync()]
+        except (ClientDisconnect, BodyTooLarge):
+            raise
+        except Exception as exc:
+            return [exc]
     outcomes: list[Any] = [None] * len(batch)
     for batcher, idx in _group(batch):
         try:
@@ -545,6 +552,13 @@ def perform_sync(batch: list[Any]) -> list[Any]:
 
 async def perform_async(batch: list[Any]) -> list[Any]:
     """Perform a batch of effects on the event loop; exceptions become outcomes."""
+    if len(batch) == 1 and getattr(batch[0], "batcher", None) is None:
+        try:
+            return [await batch[0].run_async()]
+        except (ClientDisconnect, BodyTooLarge):
+            raise
+        except Exception as exc:
+            return [exc]
     outcomes: list[Any] = [None] * len(batch)
     for batcher, idx in _group(batch):
         try:

@@ -565,3 +565,22 @@ def test_fastapi_app_reads_the_claims(issuer, rsa_key):
     assert ok.status_code == 200
     assert ok.json() == {"sub": "user-1", "scopes": ["a", "b"]}
     assert missing.status_code == 401
+
+
+def test_warm_up_inside_a_running_loop_does_not_block_it(issuer):
+    issuer.delay = 0.3
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    async def main() -> float:
+        started = time.monotonic()
+        policy = authorizer(issuer, warm_up=True)
+        GatewayMiddleware(app, policies=[policy])
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.5)
+        assert policy.jwks.keys
+        return elapsed
+
+    assert asyncio.run(main()) < 0.2
+    assert issuer.jwks_hits == 1

@@ -421,3 +421,16 @@ def test_bad_responses_option(adapter):
     with pytest.raises(ConfigurationError) as err:
         GatewayClient(adapter, responses={"THROTTLED": GatewayResponse()})
     assert err.value.field == "responses"
+
+
+def test_wsgi_status_line_has_the_standard_reason_phrase():
+    from apigw_mw import WSGIGatewayMiddleware
+    from tests.core import drive
+
+    responses = _custom(THROTTLED=GatewayResponse(status=418))
+    gw = WSGIGatewayMiddleware(
+        drive.WsgiEcho(), policies=[Refuse("THROTTLED")], responses=responses
+    )
+    lines: list[str] = []
+    gw(drive.environ(), lambda status, headers, exc_info=None: lines.append(status))
+    assert lines == ["418 I'm a Teapot"]

@@ -139,3 +139,21 @@ def test_root_path_is_stripped_before_matching():
     r = call(app, "GET", "/api/pets/3", root_path="/api")
     assert r.status_code == 200
     assert r.json()["routeKey"] == "GET /pets/{petId}"
+
+
+def test_integration_timeout_with_a_blocking_endpoint():
+    import time
+
+    app = FastAPI()
+
+    @app.get("/slow")
+    def slow() -> dict[str, Any]:
+        time.sleep(1)
+        return {"late": True}
+
+    app.add_middleware(GatewayMiddleware, integration_timeout=0.1)
+    started = time.perf_counter()
+    r = call(app, "GET", "/slow")
+    assert r.status_code == 504
+    assert r.json() == {"message": "Endpoint request timed out"}
+    assert time.perf_counter() - started < 0.9

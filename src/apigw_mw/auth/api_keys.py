@@ -577,6 +577,8 @@ class _BoundApiKeyAuth:
         self._memory = keys if isinstance(keys, ApiKeys) else None
         self._both = callable(getattr(keys, "alookup", None))
         self._deny_on_key_error = spec.on_key_store_error == "deny"
+        # (key id, plan, route) -> the plan's levels for that key: built once, reused.
+        self._plan_levels: dict[tuple[str, Any, str | None], tuple[Any, Any]] = {}
 
     on_response: Callable[[Request, RequestContext, ResponseHead], None] | None = None
     on_request: Callable[[Request, RequestContext], None] | None = None
@@ -644,8 +646,15 @@ class _BoundApiKeyAuth:
             if plan.route_limits
             else None
         )
-        levels = plan.levels(key.id, route)
-        quota = plan.quota_level(key.id)
-        if not levels and quota is None:
+        cache_key = (key.id, plan, route)
+        found = self._plan_levels.get(cache_key)
+        if found is None:
+            quota = plan.quota_level(key.id)
+            found = (tuple(plan.levels(key.id, route)), (quota,) if quota is not None else ())
+            if len(self._plan_levels) >= 100_000:
+                self._plan_levels.clear()
+            self._plan_levels[cache_key] = found
+        levels, quotas = found
+        if not levels and not quotas:
             return None
-        return _wait(Hits(self.store, levels, (quota,) if quota else (), self, ctx))
+        return _wait(Hits(self.store, levels, quotas, self, ctx))

@@ -532,6 +532,7 @@ class JwksCache:
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._task_loop: asyncio.AbstractEventLoop | None = None
+        self._warm_task: asyncio.Task[None] | None = None
 
     @property
     def discovery_url(self) -> str | None:
@@ -556,10 +557,23 @@ class JwksCache:
         """The effect a policy yields to refresh the keys (shared by concurrent callers)."""
         return JwksRefresh(self, self.completed)
 
-    def warm_up(self) -> bool:
-        """Fetch the keys now, blocking; returns whether usable keys are loaded."""
-        if not self.static:
-            self.refresh_sync()
+    def warm_up(self, *, background: bool = False) -> bool:
+        """Fetch the keys now; returns whether usable keys are loaded.
+
+        Blocking, unless ``background`` is true and an event loop is running in this
+        thread: then the fetch runs as a task on that loop and this returns at once.
+        """
+        if self.static:
+            return bool(self.keys)
+        if background:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                self._warm_task = loop.create_task(self.refresh_async(self.completed))
+                return bool(self.keys)
+        self.refresh_sync()
         return bool(self.keys)
 
     def refresh_sync(self, seen: int | None = None) -> None:

@@ -270,7 +270,7 @@ class _JwtBase(BasePolicy):
         bound = copy.copy(self)
         bound._stage = settings.stage
         if self.warm_up and not self.jwks.keys:
-            self.jwks.warm_up()
+            self.jwks.warm_up(background=settings.mode == "async")
         return bound
 
     def _deny(self, description: str) -> Deny:
@@ -409,7 +409,8 @@ class JwtAuthorizer(_JwtBase):
         jwks: a :class:`~apigw_mw.auth.jwks.JwksCache` to use (shared, pinned keys, tuned
             cooldown or timeout) instead of one built from ``issuer``/``jwks_uri``.
         warm_up: fetch the keys when the middleware is built rather than on the first
-            request.
+            request (in a background task when an event loop is already running, as when a
+            framework builds its middleware on the first request).
         cache_size: how many verified tokens are remembered (0 turns the cache off).
 
     The app finds ``claims``, ``jwt.claims``, ``jwt.scopes`` and ``principalId`` (the

@@ -376,8 +376,7 @@ class IamAuthorizer(BasePolicy):
         routes: route patterns it applies to (default: every request).
 
     On success the context's identity carries ``accessKey``, ``caller``, ``user``,
-    ``userArn`` and ``accountId`` and ``context.authorizer["iam"]`` the HTTP API's
-    ``authorizer.iam`` map.
+    ``userArn`` and ``accountId``.
 
     Example::
 
@@ -610,18 +609,7 @@ class IamAuthorizer(BasePolicy):
             identity["user_arn"] = principal.user_arn
         if principal.account_id is not None:
             identity["account_id"] = principal.account_id
-        return Allow(
-            identity=identity,
-            authorizer={
-                "iam": {
-                    "accessKey": signed.access_key,
-                    "accountId": principal.account_id,
-                    "callerId": caller,
-                    "userArn": principal.user_arn,
-                    "userId": user,
-                }
-            },
-        )
+        return Allow(identity=identity)
 
     # -- parsing ----------------------------------------------------------------------------
 

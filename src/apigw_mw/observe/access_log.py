@@ -41,9 +41,10 @@ def _control(m: re.Match[str]) -> str:
     return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
+def _text(value: Any) -> str:
+    """A value as log text; ``-`` for a missing or empty one, as API Gateway writes it."""
+    if value is None or value == "":
+        return "-"
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -57,8 +58,6 @@ def _text(value: Any) -> str | None:
 
 def _clf(value: Any) -> str:
     s = _text(value)
-    if not s:
-        return "-"
     if _CLF_UNSAFE.search(s) is None:
         return s
     return _CLF_UNSAFE.sub(lambda m: _CLF_ESCAPES.get(m.group()) or _control(m), s)
@@ -66,8 +65,6 @@ def _clf(value: Any) -> str:
 
 def _csv(value: Any) -> str:
     s = _text(value)
-    if not s:
-        return "-"
     if _CSV_UNSAFE.search(s) is None:
         return s
     s = _TEXT_CONTROL.sub(_control, s)
@@ -76,8 +73,6 @@ def _csv(value: Any) -> str:
 
 def _xml(value: Any) -> str:
     s = _text(value)
-    if not s:
-        return "-"
     if _XML_UNSAFE.search(s) is None:
         return s
     return _XML_UNSAFE.sub(lambda m: _XML_ENTITIES.get(m.group()) or _control(m), s)
@@ -85,8 +80,6 @@ def _xml(value: Any) -> str:
 
 def _json_in_string(value: Any) -> str:
     s = _text(value)
-    if not s:
-        return "-"
     if _JSON_UNSAFE.search(s) is None:
         return s
     return json.dumps(s)[1:-1]
@@ -98,34 +91,88 @@ def _json_value(value: Any) -> str:
     return json.dumps(_text(value))
 
 
-def _redacted(ctx: RequestContext) -> None:
+_STYLES: dict[str, tuple[Callable[[Any], str], re.Pattern[str]]] = {
+    "clf": (_clf, _CLF_UNSAFE),
+    "csv": (_csv, _CSV_UNSAFE),
+    "xml": (_xml, _XML_UNSAFE),
+    "json": (_json_in_string, _JSON_UNSAFE),
+}
+
+
+def _redacted(ctx: RequestContext, request: Request) -> None:
     return None
 
 
-def _getter(path: tuple[str, ...]) -> Callable[[RequestContext], Any]:
-    if _SECRET_NAME.search(path[-1]) and path != ("identity", "apiKeyId"):
-        return _redacted
-    if len(path) == 1:
-        direct = _DIRECT.get(path[0])
-        if direct is not None:
-            return direct
-    return lambda ctx: ctx.lookup(path)
+_last_time: list[Any] = [-1, ""]
 
 
-_DIRECT: dict[str, Callable[[Any], Any]] = {
-    "requestId": lambda c: c.request_id,
-    "httpMethod": lambda c: c.http_method,
-    "path": lambda c: c.path,
-    "protocol": lambda c: c.protocol,
-    "resourcePath": lambda c: c.resource_path,
-    "routeKey": lambda c: c.route_key,
-    "stage": lambda c: c.stage,
-    "status": lambda c: c.status,
-    "responseLength": lambda c: c.response_length,
-    "integrationLatency": lambda c: c.integration_latency,
-    "requestTimeEpoch": lambda c: c.request_time_epoch,
-    "responseLatency": lambda c: int((time.perf_counter() - c.start) * 1000),
+def _request_time(ctx: RequestContext, request: Request) -> str:
+    # Requests of the same second share the formatted time.
+    second = ctx.request_time_epoch // 1000
+    last = _last_time
+    if last[0] != second:
+        last[1] = ctx.request_time
+        last[0] = second
+    return str(last[1])
+
+
+def _learned_identity(ctx: RequestContext) -> Any:
+    """The context's identity if a policy has filled it in: building an untouched lazy
+    identity only to read what the request already says would cost for nothing."""
+    fields = getattr(ctx, "__dict__", None)
+    return ctx.identity if fields is None else fields.get("identity")
+
+
+def _source_ip(ctx: RequestContext, request: Request) -> Any:
+    identity = _learned_identity(ctx)
+    return request.source_ip if identity is None else identity.source_ip
+
+
+def _user_agent(ctx: RequestContext, request: Request) -> Any:
+    identity = _learned_identity(ctx)
+    return request.headers.get("user-agent") if identity is None else identity.user_agent
+
+
+def _identity_field(attr: str) -> Getter:
+    def get(ctx: RequestContext, request: Request) -> Any:
+        identity = _learned_identity(ctx)
+        return None if identity is None else getattr(identity, attr)
+
+    return get
+
+
+Getter = Callable[["RequestContext", "Request"], Any]
+
+_DIRECT: dict[tuple[str, ...], Getter] = {
+    ("requestId",): lambda c, r: c.request_id,
+    ("extendedRequestId",): lambda c, r: c.extended_request_id,
+    ("httpMethod",): lambda c, r: c.http_method,
+    ("path",): lambda c, r: c.path,
+    ("protocol",): lambda c, r: c.protocol,
+    ("resourcePath",): lambda c, r: c.resource_path,
+    ("routeKey",): lambda c, r: c.route_key,
+    ("stage",): lambda c, r: c.stage,
+    ("status",): lambda c, r: c.status,
+    ("responseLength",): lambda c, r: c.response_length,
+    ("integrationLatency",): lambda c, r: c.integration_latency,
+    ("requestTime",): _request_time,
+    ("requestTimeEpoch",): lambda c, r: c.request_time_epoch,
+    ("responseLatency",): lambda c, r: int((time.perf_counter() - c.start) * 1000),
+    ("identity", "sourceIp"): _source_ip,
+    ("identity", "userAgent"): _user_agent,
+    ("identity", "caller"): _identity_field("caller"),
+    ("identity", "user"): _identity_field("user"),
+    ("identity", "apiKeyId"): _identity_field("api_key_id"),
 }
+
+
+def _getter(path: tuple[str, ...]) -> Getter:
+    if _SECRET_NAME.search(path[-1]):
+        return _redacted
+    direct = _DIRECT.get(path)
+    if direct is not None:
+        return direct
+    return lambda ctx, request: ctx.lookup(path)
 
 
 def _style(fmt: str) -> str:
@@ -140,30 +187,53 @@ def _style(fmt: str) -> str:
     return "clf"
 
 
-def _compile(fmt: str) -> tuple[list[Any], set[str]]:
-    """Literal strings and ``(getter, escape)`` pairs, and the variables named."""
-    style = _style(fmt)
-    parts: list[Any] = []
-    names: set[str] = set()
-    pos = 0
-    in_string = False  # inside a JSON string literal of the template
-    for m in _VARIABLE.finditer(fmt):
-        literal = fmt[pos : m.start()]
-        if literal:
-            parts.append(literal)
+class _Template:
+    """A compiled format: a ``str.format`` pattern with one slot per variable, the
+    variables' getters, and their escapes.
+
+    Most values need no escaping, so all of a line's values are checked with one regular
+    expression search over their concatenation; only when it finds something is each value
+    escaped on its own.
+    """
+
+    __slots__ = ("escapes", "getters", "names", "pattern", "unsafe")
+
+    def __init__(self, fmt: str) -> None:
+        style = _style(fmt)
+        escape, unsafe = _STYLES[style]
+        pieces: list[str] = []
+        self.getters: list[Getter] = []
+        self.escapes: list[Callable[[Any], str]] = []
+        self.names: set[str] = set()
+        self.unsafe: re.Pattern[str] | None = unsafe
+        pos = 0
+        in_string = False  # inside a JSON string literal of the template
+        for m in _VARIABLE.finditer(fmt):
+            literal = fmt[pos : m.start()]
+            pieces.append(literal.replace("{", "{{").replace("}", "}}"))
             if style == "json":
                 in_string = _json_string_state(literal, in_string)
-        name = m.group(1)
-        names.add(name)
-        if style == "json":
-            escape = _json_in_string if in_string else _json_value
-        else:
-            escape = {"clf": _clf, "csv": _csv, "xml": _xml}[style]
-        parts.append((_getter(tuple(name.split("."))), escape))
-        pos = m.end()
-    if pos < len(fmt):
-        parts.append(fmt[pos:])
-    return parts, names
+            pieces.append("{}")
+            name = m.group(1)
+            self.names.add(name)
+            self.getters.append(_getter(tuple(name.split("."))))
+            if style == "json" and not in_string:
+                self.escapes.append(_json_value)
+                self.unsafe = None  # a bare JSON value always needs encoding
+            else:
+                self.escapes.append(escape)
+            pos = m.end()
+        pieces.append(fmt[pos:].replace("{", "{{").replace("}", "}}"))
+        self.pattern = "".join(pieces)
+
+    def render(self, ctx: RequestContext, request: Request) -> str:
+        values = [get(ctx, request) for get in self.getters]
+        unsafe = self.unsafe
+        if unsafe is not None:
+            texts = [v if type(v) is str and v else _text(v) for v in values]
+            if unsafe.search("".join(texts)) is None:
+                return self.pattern.format(*texts)
+        return self.pattern.format(*[esc(v) for esc, v in zip(self.escapes, values)])
 
 
 def _json_string_state(literal: str, in_string: bool) -> bool:
@@ -239,8 +309,8 @@ class AccessLog(BasePolicy):
             raise ConfigurationError("AccessLog.format", "must be a non-empty format string")
         if "\n" in format or "\r" in format:
             raise ConfigurationError("AccessLog.format", "must be a single line, as in AWS")
-        parts, names = _compile(format)
-        if "requestId" not in names and "extendedRequestId" not in names:
+        template = _Template(format)
+        if "requestId" not in template.names and "extendedRequestId" not in template.names:
             raise ConfigurationError(
                 "AccessLog.format",
                 "must include $context.requestId or $context.extendedRequestId",
@@ -251,28 +321,22 @@ class AccessLog(BasePolicy):
             raise ConfigurationError("AccessLog.logger", "must be a logger or a logger name")
         self.format = format
         self.logger = logger
-        self._parts = parts
+        self._template = template
         self._last_failure = 0.0
 
     def __repr__(self) -> str:
         return f"AccessLog({self.format!r}, logger={self.logger.name!r})"
 
-    def render(self, context: RequestContext) -> str:
-        """The access-log line for a request's context."""
-        out = []
-        for part in self._parts:
-            if type(part) is str:
-                out.append(part)
-            else:
-                out.append(part[1](part[0](context)))
-        return "".join(out)
+    def render(self, request: Request, context: RequestContext) -> str:
+        """The access-log line for a request and its context."""
+        return self._template.render(context, request)
 
     def on_complete(self, request: Request, context: RequestContext) -> None:
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
         try:
-            line = self.render(context)
+            line = self._template.render(context, request)
             logger.handle(
                 logger.makeRecord(logger.name, logging.INFO, "(access log)", 0, line, (), None)
             )

@@ -106,7 +106,7 @@ def period_bounds(day: int, kind: int, offset: int) -> tuple[int, int]:
 class Level:
     """One token bucket to check: its storage key and its parameters in seconds."""
 
-    __slots__ = ("burst", "capacity", "interval", "key", "name", "rate")
+    __slots__ = ("burst", "capacity", "interval", "key", "name", "rate", "script_args")
 
     def __init__(self, key: str, rate: float, burst: int, name: str) -> None:
         self.key = key
@@ -115,6 +115,8 @@ class Level:
         self.interval = 1.0 / rate
         self.capacity = burst / rate
         self.name = name
+        # The script's arguments, in microseconds, formatted once.
+        self.script_args = (repr(self.interval * 1e6), repr(self.capacity * 1e6))
 
 
 class QuotaLevel:
@@ -375,6 +377,7 @@ class MemoryStore(Store):
         self._buckets: OrderedDict[str, float] = OrderedDict()
         self._quotas: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
+        self._ops = 0
 
     def __len__(self) -> int:
         """How many buckets are held (full buckets are not)."""
@@ -382,6 +385,23 @@ class MemoryStore(Store):
 
     def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
         buckets = self._buckets
+        if len(levels) == 1 and not quotas:  # the common case: one bucket, nothing else
+            lv = levels[0]
+            key = lv.key
+            with self._lock:
+                now = self.clock()
+                tat = buckets.get(key, now)
+                if tat < now:
+                    tat = now
+                diff = tat + lv.interval - now
+                ok = diff <= lv.capacity + _EPS
+                if ok:
+                    buckets[key] = now + diff
+                    buckets.move_to_end(key)
+                self._ops += 1
+                if not self._ops & 15 or len(buckets) > self.max_buckets:
+                    self._sweep(now)
+            return now, ok, [(ok, diff)], []
         with self._lock:
             now = self.clock()
             admitted = True
@@ -389,7 +409,7 @@ class MemoryStore(Store):
             pending: dict[str, float] = {}
             for lv in levels:
                 key = lv.key
-                tat = pending.get(key)
+                tat = pending.get(key) if pending else None
                 if tat is None:
                     tat = buckets.get(key, now)
                 if tat < now:
@@ -402,12 +422,13 @@ class MemoryStore(Store):
                     admitted = False
                     bres.append((False, diff))
             qres: list[tuple[bool, int, float]] = []
-            qpending: dict[str, tuple[int, int]] = {}
             if quotas:
+                qpending: dict[str, tuple[int, int]] = {}
                 day = int(now // 86400)
+                stored = self._quotas
                 for q in quotas:
                     start, end = period_bounds(day, q.kind, q.offset)
-                    entry = qpending.get(q.key) or self._quotas.get(q.key)
+                    entry = qpending.get(q.key) or stored.get(q.key)
                     count = entry[1] if entry is not None and entry[0] == start else 0
                     ok = count < q.limit
                     if ok:
@@ -415,21 +436,33 @@ class MemoryStore(Store):
                     else:
                         admitted = False
                     qres.append((ok, count, end * 86400.0))
+                if admitted:
+                    stored.update(qpending)
             if admitted:
+                move = buckets.move_to_end
                 for key, tat in pending.items():
                     buckets[key] = tat
-                    buckets.move_to_end(key)
-                if qpending:
-                    self._quotas.update(qpending)
-            # Forget buckets that are full again (oldest updates first), a few per call.
-            for _ in range(3 if buckets else 0):
-                oldest = next(iter(buckets))
-                if buckets[oldest] > now and len(buckets) <= self.max_buckets:
-                    break
-                del buckets[oldest]
-                if not buckets:
-                    break
+                    move(key)
+            self._ops += 1
+            if not self._ops & 15 or len(buckets) > self.max_buckets:
+                self._sweep(now)
         return now, admitted, bres, qres
+
+    def _sweep(self, now: float) -> None:
+        """Forget buckets that are full again, oldest updates first (a few per call)."""
+        buckets = self._buckets
+        limit = self.max_buckets
+        for _ in range(48):
+            if not buckets:
+                return
+            oldest = next(iter(buckets))
+            if buckets[oldest] > now and len(buckets) <= limit:
+                return
+            del buckets[oldest]
+
+    async def run_many_async(self, effects: list[Hits]) -> list[Deny | None]:
+        # Nothing to wait for in memory: the sync path, without a second coroutine.
+        return self.run_many_sync(effects)
 
     def quota_used(self, key: str, kind: int, offset: int) -> int:
         with self._lock:
@@ -704,8 +737,7 @@ class RedisStore(Store):
         args.append(len(quotas))
         args.append("" if self.clock is None else repr(int(self.clock() * 1e6)))
         for lv in levels:
-            args.append(repr(lv.interval * 1e6))
-            args.append(repr(lv.capacity * 1e6))
+            args.extend(lv.script_args)
         for q in quotas:
             args.append(q.limit)
             args.append(q.kind)
