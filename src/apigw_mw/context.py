@@ -10,16 +10,17 @@ import itertools
 import os
 import time
 from base64 import b64encode
-from collections.abc import Mapping
-from functools import cached_property
+from collections.abc import Callable, Mapping
 from time import perf_counter as _perf_counter
 from time import time as _time
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from .responses import json_string
 
 __all__ = ["ErrorInfo", "Identity", "RequestContext", "get_context"]
+
+_T = TypeVar("_T")
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -35,6 +36,35 @@ _counter = itertools.count(int(_rand[19:31], 16))
 def new_request_id() -> str:
     """A fresh request id (UUID-4 shaped)."""
     return f"{_PREFIX}{next(_counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+class _once(Generic[_T]):
+    """A lazily computed attribute, stored on the instance on first read.
+
+    ``functools.cached_property`` takes a lock on every first read before Python 3.12;
+    a request context is read from one task or thread at a time, so it needs none.
+    """
+
+    __slots__ = ("func", "name")
+
+    def __init__(self, func: Callable[[Any], _T]) -> None:
+        self.func = func
+        self.name = func.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _once[_T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type) -> _T: ...
+
+    def __get__(self, obj: object | None, owner: type) -> _once[_T] | _T:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)
+        return value
 
 
 class Identity:
@@ -230,7 +260,7 @@ class RequestContext:
             request = self._request = request()
         return request
 
-    @cached_property
+    @_once
     def identity(self) -> Identity:
         """``$context.identity``: source IP, user agent, API key id, client certificate..."""
         request = self._req()
@@ -238,12 +268,12 @@ class RequestContext:
             return Identity(None, None)
         return Identity(request.source_ip, lambda: request.headers.get("user-agent"))
 
-    @cached_property
+    @_once
     def authorizer(self) -> dict[str, Any]:
         """``$context.authorizer``: what the authorizers returned (claims, principal id...)."""
         return {}
 
-    @cached_property
+    @_once
     def extra(self) -> dict[str, Any]:
         """Free-form values policies share with each other and with log formats."""
         return {}
