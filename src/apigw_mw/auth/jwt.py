@@ -31,7 +31,7 @@ from ..exceptions import ConfigurationError
 from ..pipeline import BasePolicy, Decision, Flow, GatewaySettings, Phase, Policy
 from ..responses import Allow, Deny
 from ..routes import RoutePattern, Router, Stage
-from .custom import IdentitySource, route_path
+from .custom import IdentitySource, _header, route_path
 from .jwks import SUPPORTED_ALGORITHMS, JwkKey, JwksCache
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_now = time.time
+_monotonic = time.monotonic
 _decode_json = json.JSONDecoder(parse_constant=_no_constants).decode
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
@@ -208,6 +210,9 @@ class _JwtBase(BasePolicy):
                 )
         self.algorithms = algs
         self.identity_source = IdentitySource.parse(identity_source, "identity_source")
+        self._header: tuple[bytes, str] | None = None
+        if self.identity_source.kind == "header":
+            self._header = (self.identity_source.lower, self.identity_source.environ_key)
         leeway_n = _number(leeway)
         if leeway_n is None or leeway_n < 0:
             raise ConfigurationError("leeway", f"{leeway!r} is not a non-negative number")
@@ -295,6 +300,24 @@ class _JwtBase(BasePolicy):
         return None if best is None else self._scopes[best.key]
 
     def flow(self, request: Request, context: RequestContext) -> Decision | Flow:
+        # The hot path, a token verified before, inlined; anything else goes to _check.
+        header = self._header
+        if header is not None:
+            raw = _header(request, header[0], header[1])
+        else:
+            raw = self.identity_source.get(request, context)
+        if raw is not None:
+            entry = self._cache.get(raw)
+            if entry is not None:
+                jwks = self.jwks
+                if (
+                    entry.valid_until > _now()
+                    and jwks.keys.get(entry.kid) is entry.key
+                    and _monotonic() < jwks.expires_at
+                ):
+                    if not self._scopes and entry.errors[0] is None:
+                        return entry.allow
+                    return self._decide(entry, request, context)
         return self._check(request, context, True)
 
     def _check(self, request: Request, ctx: RequestContext, may_refresh: bool) -> Decision | Flow:

@@ -562,8 +562,11 @@ for j = 1, nq do
   local count = qpend[k]
   if count == nil then
     count = 0
-    local v = redis.call('HMGET', k, 'p', 'n')
-    if v[1] and tonumber(v[1]) == s then count = tonumber(v[2]) or 0 end
+    local v = redis.call('GET', k)
+    if v then
+      local p, n = string.match(v, '^(-?%d+):(%d+)$')
+      if p and tonumber(p) == s then count = tonumber(n) end
+    end
   end
   if count < limit then
     qpend[k] = count + 1
@@ -582,8 +585,8 @@ if ok == 1 then
     redis.call('SET', k, string.format('%.17g', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
   end
   for k, count in pairs(qpend) do
-    redis.call('HSET', k, 'p', qstart[k], 'n', count)
-    redis.call('EXPIRE', k, qend[k] * 86400 - math.floor(now / 1000000) + 3600)
+    redis.call('SET', k, string.format('%d:%d', qstart[k], count),
+      'EX', qend[k] * 86400 - math.floor(now / 1000000) + 3600)
   end
 end
 out[2] = ok
@@ -799,16 +802,17 @@ class RedisStore(Store):
         try:
             pipe = self.clients.sync().pipeline(transaction=False)
             pipe.time()
-            pipe.hmget(self.prefix + key, "p", "n")
-            (secs, _us), (period, count) = pipe.execute()
+            pipe.get(self.prefix + key)
+            (secs, _us), value = pipe.execute()
         except self._errors as exc:
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
         if self.clock is not None:
             secs = self.clock()
         start, _ = period_bounds(int(secs) // 86400, kind, offset)
-        if period is None or int(period) != start:
+        if value is None:
             return 0
-        return int(count or 0)
+        period, _, count = (value.decode() if isinstance(value, bytes) else value).partition(":")
+        return int(count) if int(period) == start else 0
 
     def quota_reset(self, key: str) -> None:
         try:
