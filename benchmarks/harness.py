@@ -1,7 +1,7 @@
 """An in-process benchmark harness: drives ASGI apps and WSGI callables directly.
 
-Every figure is a ratio against the bare app measured in the same run: rounds are
-interleaved (each round times every scenario once) and the median per-request time across
+Every figure is a ratio against the bare app measured in the same run, in CPU time of the
+benchmark process (so other load on the machine barely moves it): rounds are interleaved (each round times every scenario once) and the median per-request time across
 rounds is reported, which keeps a noisy machine from favouring whichever ran first.
 
 A benchmark module ``bench_*.py`` exposes ``scenarios() -> list[Scenario]``; ``run.py``
@@ -18,6 +18,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+# CPU time of this process, not wall time: on a shared machine other processes' load then
+# barely moves the figures (the benchmark itself is single-threaded).
+_clock = time.process_time
 
 
 @dataclass
@@ -87,7 +91,7 @@ async def _asgi_batch(app: Any, calls: Any, start: int, n: int) -> tuple[float, 
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    t0 = time.perf_counter()
+    t0 = _clock()
     for scope, body in prepared:
         msg = {"type": "http.request", "body": body, "more_body": False}
 
@@ -95,7 +99,7 @@ async def _asgi_batch(app: Any, calls: Any, start: int, n: int) -> tuple[float, 
             return msg
 
         await app(scope, receive, send)
-    return time.perf_counter() - t0, status
+    return _clock() - t0, status
 
 
 def _environ(call: Call) -> dict[str, Any]:
@@ -139,7 +143,7 @@ def _wsgi_batch(app: Any, calls: Any, start: int, n: int) -> tuple[float, int]:
         status = int(s[:3])
         return lambda data: None
 
-    t0 = time.perf_counter()
+    t0 = _clock()
     for env in envs:
         result = app(env, start_response)
         for _ in result:
@@ -147,7 +151,7 @@ def _wsgi_batch(app: Any, calls: Any, start: int, n: int) -> tuple[float, int]:
         close = getattr(result, "close", None)
         if close is not None:
             close()
-    return time.perf_counter() - t0, status
+    return _clock() - t0, status
 
 
 @dataclass

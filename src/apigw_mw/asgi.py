@@ -8,7 +8,7 @@ from functools import partial
 from time import perf_counter
 from typing import Any
 
-from .context import RequestContext
+from .context import RequestContext, new_request_id
 from .gateway import Gateway
 from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead, drive_async
 from .request import Request
@@ -24,6 +24,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _TIMEOUT = Deny("INTEGRATION_TIMEOUT")
+_current_task = asyncio.current_task
 _PROTOCOLS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2", "2.0": "HTTP/2", "3": "HTTP/3"}
 _TOO_LARGE = Deny("REQUEST_TOO_LARGE")
 
@@ -152,7 +153,7 @@ class GatewayMiddleware:
         if gw.empty:
             # No policy and no route: only the request id, the size limit and the context.
             ctx = RequestContext._new(
-                gw.request_id(supplied_id),
+                new_request_id() if supplied_id is None else gw.request_id(supplied_id),
                 scope["method"],
                 path,
                 protocol,
@@ -167,62 +168,38 @@ class GatewayMiddleware:
                     await _respond(send, status, headers, body)
                     return
             ex = _Exchange(gw, plan, ctx, send)
-            if chunked and gw.max_body_size is not None:
-                ex.limited = _Limited(receive, gw.max_body_size)
-                receive = ex.limited.receive
-            await self._call_app(scope, receive, send, ex)
-            return
-        request = self._request(scope, receive, path)
-        ctx = gw.context(request, gw.request_id(supplied_id), protocol)
-        plan, decision = gw.route(request, ctx, gw.route_path(path))
-        if plan.request_hooks:
-            gw.request_hooks(plan, request, ctx)
-        if decision is None and content_length is not None:
-            decision = gw.too_large(content_length)
-        if decision is None and plan.phases:
-            try:
-                decision = await drive_async(gw.pipeline.flow(plan, request, ctx))
-            except ClientDisconnect:
-                if plan.complete_hooks:
-                    gw.complete_hooks(plan, request, ctx)
+        else:
+            request = self._request(scope, receive, path)
+            ctx = gw.context(request, gw.request_id(supplied_id), protocol)
+            plan, decision = gw.route(request, ctx, gw.route_path(path))
+            if plan.request_hooks:
+                gw.request_hooks(plan, request, ctx)
+            if decision is None and content_length is not None:
+                decision = gw.too_large(content_length)
+            if decision is None and plan.phases:
+                try:
+                    decision = await drive_async(gw.pipeline.flow(plan, request, ctx))
+                except ClientDisconnect:
+                    if plan.complete_hooks:
+                        gw.complete_hooks(plan, request, ctx)
+                    return
+            if decision is not None:
+                status, headers, body = gw.gateway_response(decision, request, ctx, plan)
+                try:
+                    await _respond(send, status, headers, body)
+                finally:
+                    if plan.complete_hooks:
+                        gw.complete_hooks(plan, request, ctx)
                 return
-        if decision is not None:
-            status, headers, body = gw.gateway_response(decision, request, ctx, plan)
-            try:
-                await _respond(send, status, headers, body)
-            finally:
-                if plan.complete_hooks:
-                    gw.complete_hooks(plan, request, ctx)
-            return
-
-        buffered = request.body
-        ex = _Exchange(gw, plan, ctx, send)
-        if buffered is not None:
-            receive = _replay(buffered, receive)
-        elif chunked and gw.max_body_size is not None:
+            ex = _Exchange(gw, plan, ctx, send)
+            buffered = request.body
+            if buffered is not None:
+                receive = _replay(buffered, receive)
+                chunked = False
+        if chunked and gw.max_body_size is not None:
             ex.limited = _Limited(receive, gw.max_body_size)
             receive = ex.limited.receive
-        await self._call_app(scope, receive, send, ex)
 
-    def _request(self, scope: Scope, receive: Receive, path: str) -> Request:
-        client = scope.get("client")
-        gw = self.gateway
-        return Request(
-            method=scope["method"],
-            path=path,
-            raw_path=scope.get("raw_path") or path.encode("utf-8", "surrogateescape"),
-            query_string=scope.get("query_string", b""),
-            scheme=scope.get("scheme", "http"),
-            peer=client[0] if client else None,
-            raw=scope,
-            raw_headers=scope.get("headers") or (),
-            proxies=gw.proxies,
-            body_reader=_Body(receive, gw.max_body_size),
-        )
-
-    async def _call_app(self, scope: Scope, receive: Receive, send: Send, ex: _Exchange) -> None:
-        gw = self.gateway
-        ctx = ex.ctx
         # Scopes are per request: adding keys is how ASGI middleware hands data downstream.
         scope["apigw.context"] = ctx
         state = scope.get("state")
@@ -232,17 +209,16 @@ class GatewayMiddleware:
             state["apigw"] = ctx
 
         watchdog = None
-        timeout = gw.integration_timeout
-        if timeout is not None:
+        if gw.integration_timeout is not None:
             try:
-                task = ex.task = asyncio.current_task()
-                loop = asyncio.get_running_loop()
+                task = ex.task = _current_task()
             except RuntimeError:  # not running on asyncio (trio): no timeout
                 task = None
             if task is not None:
                 watchdog = self._watchdog
+                loop = task.get_loop()
                 if watchdog is None or watchdog.loop is not loop:
-                    watchdog = self._watchdog = _Watchdog(loop, timeout)
+                    watchdog = self._watchdog = _Watchdog(loop, gw.integration_timeout)
                 watchdog.watch(ex)
         answer: Deny | None = None
         try:
@@ -260,16 +236,31 @@ class GatewayMiddleware:
                 raise
         finally:
             if watchdog is not None:
-                watchdog.forget(ex)
+                watchdog.watched.pop(ex, None)
             limited = ex.limited
             if answer is None and limited is not None and limited.exceeded and not ex.started:
                 answer = _TOO_LARGE
-            plan = ex.plan
             if answer is not None:
                 status, headers, body = gw.gateway_response(answer, ctx._req(), ctx, plan)
                 await _respond(send, status, headers, body)
             if plan.complete_hooks:
                 gw.complete_hooks(plan, ctx._req(), ctx)
+
+    def _request(self, scope: Scope, receive: Receive, path: str) -> Request:
+        client = scope.get("client")
+        gw = self.gateway
+        return Request(
+            method=scope["method"],
+            path=path,
+            raw_path=scope.get("raw_path") or path.encode("utf-8", "surrogateescape"),
+            query_string=scope.get("query_string", b""),
+            scheme=scope.get("scheme", "http"),
+            peer=client[0] if client else None,
+            raw=scope,
+            raw_headers=scope.get("headers") or (),
+            proxies=gw.proxies,
+            body_reader=_Body(receive, gw.max_body_size),
+        )
 
 
 class _Exchange:

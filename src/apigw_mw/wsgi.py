@@ -272,8 +272,7 @@ class _Observed:
 
     def __iter__(self) -> Iterator[bytes]:
         ctx = self._ctx
-        if ctx.response_length is None:
-            ctx.response_length = 0
+        ctx.response_length = 0  # counted here, gateway answers included
         for chunk in self._result:
             ctx.response_length += len(chunk)
             yield chunk

@@ -411,7 +411,7 @@ class LambdaAuthorizer(BasePolicy):
         cached = cache.get(values)
         if cached is not None:
             if cached.expires <= now:
-                del cache[values]
+                cache.pop(values, None)
             else:
                 verdict = cached.verdict(arn)
                 if verdict == "allow":
@@ -462,7 +462,7 @@ class LambdaAuthorizer(BasePolicy):
             cache = self._cache
             if len(cache) >= _MAX_CACHE:
                 for k in list(itertools.islice(cache, _MAX_CACHE // 8)):
-                    del cache[k]
+                    cache.pop(k, None)
             cache[cache_key] = result
         if result.verdict(arn) == "allow":
             return self._allow(result, ctx)

@@ -373,7 +373,7 @@ class _JwtBase(BasePolicy):
         # Drop the oldest eighth in one go (dicts keep insertion order): no scan per insert.
         cache = self._cache
         for k in list(itertools.islice(cache, max(1, self.cache_size // 8))):
-            del cache[k]
+            cache.pop(k, None)  # another thread may have evicted it
 
     def _refresh_then_check(self, request: Request, ctx: RequestContext) -> Flow:
         yield self.jwks.refresh_effect()

@@ -30,7 +30,16 @@ _TEXT_CONTROL = re.compile(f"[{_CONTROL}]")
 _CSV_UNSAFE = re.compile(f'[,"\\s{_CONTROL}]')
 _XML_UNSAFE = re.compile(f"[&<>\"'{_CONTROL}]")
 _JSON_UNSAFE = re.compile(f'["\\\\{_CONTROL}]')
-_XML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"}
+_XML_ENTITIES = {
+    "&": "&amp;",
+    "<": "&lt;",
+    ">": "&gt;",
+    '"': "&quot;",
+    "'": "&apos;",
+    "\t": "&#9;",
+    "\n": "&#10;",
+    "\r": "&#13;",
+}
 _CLF_ESCAPES = {'"': '\\"', "\\": "\\\\"}
 
 _report = logging.getLogger("apigw_mw")
@@ -72,6 +81,8 @@ def _csv(value: Any) -> str:
 
 
 def _xml(value: Any) -> str:
+    # Tab, CR and LF become character references (they round-trip); XML 1.0 cannot carry the
+    # other control characters at all, so they are written as \xNN text.
     s = _text(value)
     if _XML_UNSAFE.search(s) is None:
         return s

@@ -31,7 +31,7 @@ from opentelemetry.trace import (
 from .._version import __version__
 from ..exceptions import ConfigurationError
 from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
-from ..responses import Allow, Deny, Respond
+from ..responses import Deny, Respond
 from .xray import TraceHeader, parse_traceparent, parse_xray, xray_trace_id
 
 if TYPE_CHECKING:
@@ -292,10 +292,11 @@ class Tracing(BasePolicy):
             if span.is_recording():
                 self._finish(span, context, active)
         finally:
-            if active.owned:
-                span.end()
+            # Detach first: a failing span processor must not leave the span current.
             if active.token is not None:
                 otel_context.detach(active.token)
+            if active.owned:
+                span.end()
 
     # -- span work -----------------------------------------------------------------------
 
@@ -518,13 +519,12 @@ def _learned(context: RequestContext, name: str) -> Any:
 
 
 def _decision_name(decision: Any) -> str:
+    # The pipeline records what ended the request (Deny, Respond) or None: the request went on.
     if isinstance(decision, Deny):
         return "deny"
     if isinstance(decision, Respond):
         return "respond"
-    if isinstance(decision, Allow):
-        return "allow"
-    return "continue"
+    return "allow"
 
 
 def _trace_state(values: list[str]) -> TraceState | None:

@@ -409,9 +409,8 @@ class MemoryStore(Store):
             pending: dict[str, float] = {}
             for lv in levels:
                 key = lv.key
-                tat = pending.get(key) if pending else None
-                if tat is None:
-                    tat = buckets.get(key, now)
+                held = pending.get(key) if pending else None
+                tat = buckets.get(key, now) if held is None else held
                 if tat < now:
                     tat = now
                 diff = tat + lv.interval - now

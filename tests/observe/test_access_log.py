@@ -1,0 +1,302 @@
+"""Access logs: one line per request in API Gateway's formats, escaped, without secrets."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import pytest
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from apigw_mw import AccessLog, ConfigurationError, RouteTable, Stage, Tracing
+
+from .conftest import DenyWhen, Learn, Traces
+
+ROUTES = RouteTable(["GET /pets/{petId}"])
+LOGGER = "apigw_mw.access"
+CLF_LINE = re.compile(
+    r'^(?P<ip>\S+) (?P<caller>\S+) (?P<user>\S+) \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" '
+    r"(?P<status>\d{3}) (?P<length>\S+) (?P<rid>\S+) (?P<ext>\S+)$"
+)
+REQUEST_TIME = re.compile(r"^\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} \+0000$")
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+
+def parse_clf(line: str) -> dict[str, str]:
+    m = CLF_LINE.match(line)
+    assert m is not None, line
+    return m.groupdict()
+
+
+def parse_json(line: str) -> dict[str, str]:
+    out: dict[str, str] = json.loads(line)
+    return out
+
+
+def parse_csv(line: str) -> dict[str, str]:
+    [row] = list(csv.reader(io.StringIO(line)))
+    names = ["ip", "caller", "user", "time", "method", "resourcePath", "protocol", "status"]
+    names += ["length", "rid", "ext"]
+    return dict(zip(names, row))
+
+
+def parse_xml(line: str) -> dict[str, str]:
+    root = ET.fromstring(line)
+    out = {child.tag: child.text or "" for child in root}
+    out["id"] = root.attrib["id"]
+    return out
+
+
+PRESETS = [
+    pytest.param(
+        AccessLog.CLF,
+        parse_clf,
+        {"rid": "rid", "status": "status", "ip": "ip", "time": "time"},
+        id="CLF",
+    ),
+    pytest.param(
+        AccessLog.JSON,
+        parse_json,
+        {"rid": "requestId", "status": "status", "ip": "ip", "time": "requestTime"},
+        id="JSON",
+    ),
+    pytest.param(
+        AccessLog.CSV,
+        parse_csv,
+        {"rid": "rid", "status": "status", "ip": "ip", "time": "time"},
+        id="CSV",
+    ),
+    pytest.param(
+        AccessLog.XML,
+        parse_xml,
+        {"rid": "id", "status": "status", "ip": "ip", "time": "requestTime"},
+        id="XML",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fmt", "parse", "keys"), PRESETS)
+def test_preset_line_per_request(
+    make_client: Any, caplog: pytest.LogCaptureFixture, fmt: str, parse: Any, keys: dict[str, str]
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    client = make_client([AccessLog(fmt), ROUTES])
+    r = client.get("/pets/42")
+    assert r.status_code == 200
+    [line] = lines(caplog)
+    fields = parse(line)
+    assert fields[keys["rid"]] == r.headers["x-amzn-requestid"]
+    assert fields[keys["status"]] == "200"
+    assert fields[keys["ip"]] == "127.0.0.1"
+    assert REQUEST_TIME.match(fields[keys["time"]])
+    assert "/pets/{petId}" in line
+    assert f" {len(r.content)} " in line or f'"{len(r.content)}"' in line or (
+        f",{len(r.content)}," in line or f">{len(r.content)}<" in line
+    )
+
+
+@pytest.mark.parametrize(("fmt", "parse", "keys"), PRESETS)
+def test_denied_requests_are_logged_too(
+    make_client: Any, caplog: pytest.LogCaptureFixture, fmt: str, parse: Any, keys: dict[str, str]
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    client = make_client([AccessLog(fmt), DenyWhen(), ROUTES])
+    r = client.get("/pets/42", headers={"x-deny": "QUOTA_EXCEEDED"})
+    assert r.status_code == 429
+    assert r.seen == []
+    [line] = lines(caplog)
+    assert parse(line)[keys["status"]] == "429"
+
+
+ERROR_FORMAT = (
+    '{"requestId":"$context.requestId","status":$context.status,'
+    '"error":"$context.error.message","type":"$context.error.responseType",'
+    '"length":$context.responseLength,"latency":$context.responseLatency,'
+    '"integration":$context.integrationLatency,"route":"$context.routeKey",'
+    '"stage":"$context.stage","unknown":"$context.noSuchVariable"}'
+)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param(
+            {"x-deny": "THROTTLED"},
+            {"status": 429, "error": "Too Many Requests", "type": "THROTTLED", "integration": None},
+            id="denied",
+        ),
+        pytest.param({}, {"status": 200, "error": "-", "type": "-"}, id="allowed"),
+    ],
+)
+def test_custom_format_with_errors_and_latencies(
+    make_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    headers: dict[str, str],
+    expected: dict[str, Any],
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    client = make_client([AccessLog(ERROR_FORMAT), DenyWhen(), ROUTES], stage=Stage("prod"))
+    r = client.get("/pets/1", headers=headers)
+    [line] = lines(caplog)
+    entry = json.loads(line)  # numbers outside quotes stay valid JSON (null when missing)
+    for key, value in expected.items():
+        assert entry[key] == value
+    assert entry["requestId"] == r.headers["x-amzn-requestid"]
+    assert entry["length"] == len(r.content)
+    assert isinstance(entry["latency"], int) and entry["latency"] >= 0
+    assert entry["route"] == "GET /pets/{petId}"
+    assert entry["stage"] == "prod"
+    assert entry["unknown"] == "-"
+    if r.status_code == 200:
+        assert isinstance(entry["integration"], int)
+
+
+HOSTILE = 'Mozilla/5.0 "quoted" \\ back, comma <tag> & \x1b[31mred\x07'
+UA_FORMATS = [
+    pytest.param('{"requestId":"$context.requestId","ua":"$context.identity.userAgent"}', id="json"),
+    pytest.param('$context.requestId "$context.identity.userAgent"', id="clf"),
+    pytest.param("$context.requestId,$context.identity.userAgent", id="csv"),
+    pytest.param(
+        '<r id="$context.requestId"><ua>$context.identity.userAgent</ua></r>', id="xml"
+    ),
+]
+
+
+def decode_ua(fmt: str, line: str) -> str:
+    if fmt.startswith("{"):
+        return str(json.loads(line)["ua"])
+    if fmt.startswith("<"):
+        return ET.fromstring(line).find("ua").text or ""  # type: ignore[union-attr]
+    if "," in fmt:
+        return list(csv.reader(io.StringIO(line)))[0][1]
+    return line.split(" ", 1)[1]
+
+
+@pytest.mark.parametrize("fmt", UA_FORMATS)
+def test_quotes_and_control_characters_are_escaped(
+    make_client: Any, caplog: pytest.LogCaptureFixture, fmt: str
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    client = make_client([AccessLog(fmt), ROUTES])
+    client.get("/pets/1", headers={"user-agent": HOSTILE})
+    [line] = lines(caplog)
+    assert "\x1b" not in line and "\x07" not in line
+    ua = decode_ua(fmt, line)
+    if fmt.startswith("{"):
+        assert ua == HOSTILE  # JSON round-trips exactly
+    else:  # XML 1.0 cannot carry these control characters; CLF and CSV are plain text
+        assert "\x1b" not in ua and "\\x1b[31mred\\x07" in ua
+        assert "quoted" in ua
+
+
+@pytest.mark.parametrize("fmt", UA_FORMATS)
+def test_crlf_in_a_header_cannot_forge_a_log_line(
+    adapter: str, caplog: pytest.LogCaptureFixture, fmt: str
+) -> None:
+    """A header with CR/LF (which some servers pass through) stays on one line."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    forged = 'x\r\n127.0.0.1 - - [01/Jan/2030:00:00:00 +0000] "GET /admin HTTP/1.1" 200'
+    from tests.helpers import GatewayClient
+
+    client = GatewayClient(adapter, [AccessLog(fmt), ROUTES])
+    if adapter == "asgi":
+        client.get("/pets/1", headers={"user-agent": forged})
+    else:  # werkzeug's client refuses CR/LF in headers: build the environ by hand
+        environ = EnvironBuilder(path="/pets/1").get_environ()
+        environ["HTTP_USER_AGENT"] = forged
+        app_iter, status, _ = run_wsgi_app(client.middleware, environ, buffered=True)
+        assert status.startswith("200")
+    [line] = lines(caplog)
+    assert "\r" not in line and "\n" not in line
+    if fmt.startswith(("{", "<")):
+        assert decode_ua(fmt, line) == forged
+
+
+def test_secrets_are_never_written(make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    fmt = (
+        "$context.requestId key=$context.identity.apiKey keyId=$context.identity.apiKeyId "
+        "token=$context.authorizer.token principal=$context.authorizer.principalId "
+        "caller=$context.identity.caller"
+    )
+    client = make_client([AccessLog(fmt), Learn(), ROUTES])
+    client.get("/pets/1")
+    [line] = lines(caplog)
+    assert "k" * 30 not in line
+    assert "eyJsecret" not in line
+    assert "key=- keyId=key-id-1 token=- principal=user-7 caller=caller-1" in line
+
+
+def test_xray_trace_id_in_the_log(
+    make_client: Any, caplog: pytest.LogCaptureFixture, traces: Traces
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    fmt = "$context.requestId $context.xrayTraceId"
+    client = make_client([AccessLog(fmt), Tracing(traces.provider), ROUTES])
+    sent = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    r = client.get("/pets/1", headers={"x-amzn-trace-id": sent})
+    [line] = lines(caplog)
+    assert line == f"{r.headers['x-amzn-requestid']} 1-5759e988-bd862e3fe1be46a994272793"
+
+
+class _Raising(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        raise OSError("disk full")
+
+
+def test_failing_handler_does_not_affect_the_request(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("tests.observe.raising")
+    logger.handlers[:] = [_Raising()]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        client = make_client([AccessLog(logger=logger), ROUTES])
+        for _ in range(3):
+            r = client.get("/pets/1")
+            assert r.status_code == 200
+            assert len(r.seen) == 1
+    finally:
+        logger.handlers[:] = []
+    warnings = [r for r in caplog.records if "could not be written" in r.getMessage()]
+    assert len(warnings) == 1  # reported once, not per request
+
+
+def test_disabled_logger_writes_nothing(make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    client = make_client([AccessLog(), ROUTES])
+    assert client.get("/pets/1").status_code == 200
+    assert lines(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "field"),
+    [
+        pytest.param("$context.status $context.identity.sourceIp", "AccessLog.format", id="no-id"),
+        pytest.param("$context.requestId\n$context.status", "AccessLog.format", id="two-lines"),
+        pytest.param("", "AccessLog.format", id="empty"),
+        pytest.param(42, "AccessLog.format", id="not-a-string"),
+    ],
+)
+def test_bad_format_is_a_configuration_error(fmt: Any, field: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        AccessLog(fmt)
+    assert info.value.field == field
+    if fmt and isinstance(fmt, str) and "\n" not in fmt:
+        assert "$context.requestId or $context.extendedRequestId" in str(info.value)
+
+
+def test_extended_request_id_alone_is_enough() -> None:
+    assert AccessLog("$context.extendedRequestId $context.status").format.startswith("$context")
+    with pytest.raises(ConfigurationError) as info:
+        AccessLog(logger=42)  # type: ignore[arg-type]
+    assert info.value.field == "AccessLog.logger"

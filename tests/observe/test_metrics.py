@@ -1,0 +1,103 @@
+"""Metrics through the OpenTelemetry metrics API, read back with an in-memory reader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from apigw_mw import ConfigurationError, Metrics, RouteTable, Stage
+from apigw_mw.observe.tracing import OFF
+
+from .conftest import DenyWhen, Learn
+
+ROUTES = RouteTable(["GET /pets/{petId}"])
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    out: dict[str, list[Any]] = {}
+    if data is None:
+        return out
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                out.setdefault(metric.name, []).extend(metric.data.data_points)
+    return out
+
+
+def by_status(dps: list[Any]) -> dict[int, Any]:
+    return {dp.attributes["http.response.status_code"]: dp for dp in dps}
+
+
+def test_request_duration_by_method_route_status_and_stage(
+    make_client: Any, metric_reader: Any
+) -> None:
+    provider, reader = metric_reader
+    client = make_client([Metrics(provider), DenyWhen(), ROUTES], stage=Stage("prod"))
+    for _ in range(3):
+        assert client.get("/pets/1").status_code == 200
+    assert client.get("/pets/2", headers={"x-deny": "THROTTLED"}).status_code == 429
+    assert client.get("/other").status_code == 200
+    got = points(reader)
+    durations = got["http.server.request.duration"]
+    routed = by_status([dp for dp in durations if "http.route" in dp.attributes])
+    assert routed[200].count == 3  # CloudWatch Count for the route
+    assert dict(routed[200].attributes) == {
+        "http.request.method": "GET",
+        "http.route": "/pets/{petId}",
+        "http.response.status_code": 200,
+        "url.scheme": "http",
+        "apigw.stage": "prod",
+    }
+    assert routed[429].count == 1  # a 4XXError
+    assert routed[429].attributes["error.type"] == "THROTTLED"
+    assert all(0 < dp.sum < 5 for dp in durations)  # seconds
+    [unrouted] = [dp for dp in durations if "http.route" not in dp.attributes]
+    assert unrouted.count == 1
+    # IntegrationLatency: only requests that reached the app.
+    [integration] = got["apigw.integration.duration"]
+    assert integration.count == 3 + 0
+    assert integration.attributes["http.route"] == "/pets/{petId}"
+    [denial] = got["apigw.denials"]
+    assert denial.value == 1
+    assert dict(denial.attributes) == {
+        "apigw.response_type": "THROTTLED",
+        "http.response.status_code": 429,
+        "http.request.method": "GET",
+        "apigw.stage": "prod",
+        "http.route": "/pets/{petId}",
+    }
+
+
+def test_app_5xx_carries_error_type(make_client: Any, metric_reader: Any) -> None:
+    provider, reader = metric_reader
+    make_client([Metrics(provider), ROUTES], app_status=502).get("/pets/1")
+    [dp] = points(reader)["http.server.request.duration"]
+    assert dp.attributes["http.response.status_code"] == 502
+    assert dp.attributes["error.type"] == "502"
+
+
+def test_cache_hits_and_misses(make_client: Any, metric_reader: Any) -> None:
+    provider, reader = metric_reader
+    client = make_client([Metrics(provider), Learn(), ROUTES])
+    for cache in ("hit", "hit", "miss"):
+        client.get("/pets/1", headers={"x-cache": cache})
+    got = points(reader)
+    assert [dp.value for dp in got["apigw.cache.hits"]] == [2]
+    assert [dp.value for dp in got["apigw.cache.misses"]] == [1]
+    assert got["apigw.cache.hits"][0].attributes["http.route"] == "/pets/{petId}"
+
+
+def test_no_op_meter_provider_costs_nothing(make_client: Any) -> None:
+    client = make_client([Metrics(NoOpMeterProvider()), ROUTES])
+    assert client.get("/pets/1").status_code == 200
+    assert OFF in client.middleware.gateway.pipeline.policies
+
+
+def test_bad_meter_provider_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Metrics("prometheus")  # type: ignore[arg-type]
+    assert info.value.field == "Metrics.meter_provider"
