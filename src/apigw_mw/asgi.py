@@ -10,7 +10,7 @@ from typing import Any
 
 from .context import RequestContext, new_request_id
 from .gateway import Gateway
-from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead, drive_async
+from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead
 from .request import Request
 from .responses import Deny, GatewayResponses, Respond
 from .routes import Stage
@@ -178,7 +178,7 @@ class GatewayMiddleware:
                 decision = gw.too_large(content_length)
             if decision is None and plan.phases:
                 try:
-                    decision = await drive_async(gw.pipeline.flow(plan, request, ctx))
+                    decision = await gw.pipeline.run_async(plan, request, ctx)
                 except ClientDisconnect:
                     if plan.complete_hooks:
                         gw.complete_hooks(plan, request, ctx)

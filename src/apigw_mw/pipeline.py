@@ -15,6 +15,7 @@ hits against one storage) are performed together.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -213,7 +214,7 @@ class GatewaySettings:
 class _Plan:
     """The policies that apply to one set of matched routes, grouped by phase."""
 
-    __slots__ = ("complete_hooks", "phases", "request_hooks", "response_hooks")
+    __slots__ = ("complete_hooks", "phases", "request_hooks", "response_hooks", "simple")
 
     def __init__(
         self,
@@ -226,6 +227,10 @@ class _Plan:
         self.response_hooks = response_hooks
         self.request_hooks = request_hooks or []
         self.complete_hooks = complete_hooks or []
+        # No flow is a generator function: the plan can run without the effect machinery.
+        self.simple = not any(
+            inspect.isgeneratorfunction(getattr(p, "flow", None)) for ph in phases for p in ph
+        )
 
 
 class Pipeline:
@@ -332,6 +337,26 @@ class Pipeline:
             glob.complete_hooks,
         )
 
+    # -- running a plan ----------------------------------------------------------------------
+
+    def run_sync(self, plan: _Plan, request: Request, ctx: RequestContext) -> Outcome:
+        """The plan's outcome, performing effects with blocking calls (WSGI)."""
+        if plan.simple and ctx.policy_trace is None:
+            outcome = _run_simple(plan, request, ctx)
+            if type(outcome) is not _Pending:
+                return outcome  # type: ignore[return-value]
+            return drive_sync(_resume(outcome, plan, request, ctx))
+        return drive_sync(self.flow(plan, request, ctx))
+
+    async def run_async(self, plan: _Plan, request: Request, ctx: RequestContext) -> Outcome:
+        """The plan's outcome, awaiting effects (ASGI)."""
+        if plan.simple and ctx.policy_trace is None:
+            outcome = _run_simple(plan, request, ctx)
+            if type(outcome) is not _Pending:
+                return outcome  # type: ignore[return-value]
+            return await drive_async(_resume(outcome, plan, request, ctx))
+        return await drive_async(self.flow(plan, request, ctx))
+
     # -- the flow both drivers run ----------------------------------------------------------
 
     def flow(
@@ -343,6 +368,53 @@ class Pipeline:
             if decision is not None:
                 return decision
         return None
+
+
+class _Pending:
+    """A plain flow returned a generator: the rest of the plan needs the effect machinery."""
+
+    __slots__ = ("gen", "phase", "policy", "position")
+
+    def __init__(self, phase: int, position: int, policy: Any, gen: Any) -> None:
+        self.phase = phase
+        self.position = position
+        self.policy = policy
+        self.gen = gen
+
+
+def _run_simple(plan: _Plan, request: Request, ctx: RequestContext) -> Outcome | _Pending:
+    """Run a plan whose flows are plain functions: no generators, no batches."""
+    for i, phase in enumerate(plan.phases):
+        for j, policy in enumerate(phase):
+            try:
+                result = policy.flow(request, ctx)
+            except (ClientDisconnect, BodyTooLarge):
+                raise
+            except Exception as exc:
+                return _policy_failed(policy, exc)
+            if result is None:
+                continue
+            if type(result) is GeneratorType:
+                return _Pending(i, j, policy, result)
+            decision = _terminal(result, ctx, policy)
+            if decision is not None:
+                return decision
+    return None
+
+
+def _resume(
+    pending: _Pending, plan: _Plan, request: Request, ctx: RequestContext
+) -> Generator[list[Any], list[Any], Outcome]:
+    """Finish a plan from the flow that turned out to be a generator."""
+    rest = plan.phases[pending.phase][pending.position :]
+    decision = yield from _run_phase(rest, request, ctx, pending.gen)
+    if decision is not None:
+        return decision
+    for phase in plan.phases[pending.phase + 1 :]:
+        decision = yield from _run_phase(phase, request, ctx)
+        if decision is not None:
+            return decision
+    return None
 
 
 class _MissingRoute:
@@ -439,19 +511,23 @@ def _record(ctx: RequestContext, policy: Any, started: int, outcome: Any) -> Non
 
 
 def _run_phase(
-    policies: list[Any], request: Request, ctx: RequestContext
+    policies: list[Any], request: Request, ctx: RequestContext, first: Any = None
 ) -> Generator[list[Any], list[Any], Outcome]:
+    """Run one phase. ``first``, when given, is the first policy's flow, already called."""
     waiting: list[_Suspended] = []
     tracing = ctx.policy_trace is not None
     for policy in policies:
         started = perf_counter_ns() if tracing else 0
-        try:
-            result = policy.flow(request, ctx)
-        except (ClientDisconnect, BodyTooLarge):
-            raise
-        except Exception as exc:
-            _close(waiting)
-            return _policy_failed(policy, exc)
+        if first is not None:
+            result, first = first, None
+        else:
+            try:
+                result = policy.flow(request, ctx)
+            except (ClientDisconnect, BodyTooLarge):
+                raise
+            except Exception as exc:
+                _close(waiting)
+                return _policy_failed(policy, exc)
         if type(result) is not GeneratorType:
             decision = _terminal(result, ctx, policy)
             if tracing:
@@ -526,9 +602,13 @@ def _group(batch: list[Any]) -> list[tuple[Any, list[int]]]:
 
 def perform_sync(batch: list[Any]) -> list[Any]:
     """Perform a batch of effects, blocking; exceptions become outcomes."""
-    if len(batch) == 1 and getattr(batch[0], "batcher", None) is None:
+    if len(batch) == 1:
+        effect = batch[0]
+        batcher = getattr(effect, "batcher", None)
         try:
-            return [batch[0].run_sync()]
+            if batcher is None:
+                return [effect.run_sync()]
+            return list(batcher.run_many_sync(batch))
         except (ClientDisconnect, BodyTooLarge):
             raise
         except Exception as exc:
@@ -552,9 +632,13 @@ def perform_sync(batch: list[Any]) -> list[Any]:
 
 async def perform_async(batch: list[Any]) -> list[Any]:
     """Perform a batch of effects on the event loop; exceptions become outcomes."""
-    if len(batch) == 1 and getattr(batch[0], "batcher", None) is None:
+    if len(batch) == 1:
+        effect = batch[0]
+        batcher = getattr(effect, "batcher", None)
         try:
-            return [await batch[0].run_async()]
+            if batcher is None:
+                return [await effect.run_async()]
+            return list(await batcher.run_many_async(batch))
         except (ClientDisconnect, BodyTooLarge):
             raise
         except Exception as exc:

@@ -10,7 +10,7 @@ from time import perf_counter
 from typing import Any
 
 from .gateway import Gateway
-from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead, drive_sync
+from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead
 from .request import Headers, Request
 from .responses import Deny, GatewayResponses
 from .routes import Stage
@@ -181,7 +181,7 @@ class WSGIGatewayMiddleware:
             decision = gw.too_large(content_length.encode("latin-1", "replace"))
         if decision is None and plan.phases:
             try:
-                decision = drive_sync(gw.pipeline.flow(plan, request, ctx))
+                decision = gw.pipeline.run_sync(plan, request, ctx)
             except ClientDisconnect:
                 decision = Deny("DEFAULT_4XX", "Bad Request")
         if decision is not None:
