@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import Call, Scenario
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from apigw_mw import Cors, GatewayMiddleware, WSGIGatewayMiddleware
+from harness import Call, Scenario
 
 
 def starlette_app() -> Any:
@@ -57,24 +57,38 @@ def scenarios() -> list[Scenario]:
     return [
         Scenario("starlette: bare app", "asgi", bare, get),
         Scenario(
-            "starlette: gateway, no policies", "asgi", GatewayMiddleware(bare), get,
-            baseline="starlette: bare app", budget=1.15,
-        ),
-        Scenario("starlette: bare app + Origin", "asgi", bare, cors_get,
-                 baseline="starlette: bare app"),
-        Scenario(
-            "starlette: CORSMiddleware", "asgi",
-            CORSMiddleware(bare, allow_origins=["https://app.example.com"],
-                           allow_methods=["GET", "POST"]),
-            cors_get, baseline="starlette: bare app + Origin",
+            "starlette: gateway, no policies",
+            "asgi",
+            GatewayMiddleware(bare),
+            get,
+            baseline="starlette: bare app",
+            budget=1.15,
         ),
         Scenario(
-            "starlette: gateway + Cors", "asgi", GatewayMiddleware(bare, policies=[cors]),
-            cors_get, baseline="starlette: bare app + Origin",
+            "starlette: bare app + Origin", "asgi", bare, cors_get, baseline="starlette: bare app"
+        ),
+        Scenario(
+            "starlette: CORSMiddleware",
+            "asgi",
+            CORSMiddleware(
+                bare, allow_origins=["https://app.example.com"], allow_methods=["GET", "POST"]
+            ),
+            cors_get,
+            baseline="starlette: bare app + Origin",
+        ),
+        Scenario(
+            "starlette: gateway + Cors",
+            "asgi",
+            GatewayMiddleware(bare, policies=[cors]),
+            cors_get,
+            baseline="starlette: bare app + Origin",
         ),
         Scenario("wsgi: bare app", "wsgi", wsgi_app, get),
         Scenario(
-            "wsgi: gateway, no policies", "wsgi", WSGIGatewayMiddleware(wsgi_app), get,
+            "wsgi: gateway, no policies",
+            "wsgi",
+            WSGIGatewayMiddleware(wsgi_app),
+            get,
             baseline="wsgi: bare app",
         ),
     ]

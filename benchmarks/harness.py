@@ -1,8 +1,9 @@
 """An in-process benchmark harness: drives ASGI apps and WSGI callables directly.
 
 Every figure is a ratio against the bare app measured in the same run, in CPU time of the
-benchmark process (so other load on the machine barely moves it): rounds are interleaved (each round times every scenario once) and the median per-request time across
-rounds is reported, which keeps a noisy machine from favouring whichever ran first.
+benchmark process (so other load on the machine barely moves it): rounds are interleaved
+(each round times every scenario once) and the median per-request time across rounds is
+reported, which keeps a noisy machine from favouring whichever ran first.
 
 A benchmark module ``bench_*.py`` exposes ``scenarios() -> list[Scenario]``; ``run.py``
 collects them all and prints one table.
@@ -196,9 +197,7 @@ def run(
     finally:
         gc.enable()
         loop.close()
-    return {
-        s.name: Figure(s, statistics.median(samples[s.name]), samples[s.name]) for s in items
-    }
+    return {s.name: Figure(s, statistics.median(samples[s.name]), samples[s.name]) for s in items}
 
 
 def report(figures: dict[str, Figure]) -> str:

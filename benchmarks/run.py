@@ -1,7 +1,7 @@
 """Run every benchmark module (``bench_*.py``) in one interleaved run and print the table.
 
-    python benchmarks/run.py                 # everything
-    python benchmarks/run.py core traffic    # only these groups
+python benchmarks/run.py                 # everything
+python benchmarks/run.py core traffic    # only these groups
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def main(argv: list[str]) -> int:
     scenarios = []
     for path in sorted(HERE.glob("bench_*.py")):
         spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)

@@ -52,7 +52,7 @@ def redis_url() -> Iterator[str]:
             pytest.fail(message)
         sys.stderr.write(f"\n*** SKIPPING: {message} ***\n")
         pytest.skip(message)
-    yield REDIS_URL
+    return REDIS_URL
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
