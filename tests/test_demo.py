@@ -18,27 +18,36 @@ import pytest
 
 from apigw_mw.cli import main
 from apigw_mw.commands.demo import (
+    DEMO_API_KEY,
     DEMO_MAX_BODY,
     DEMO_ORIGIN,
     DemoCall,
     _banner,
-    build_app,
     demo_calls,
+    demo_credentials,
 )
+from apigw_mw.commands.demo import build_app as _build_app
 
-CALLS = demo_calls()
+CREDS = demo_credentials()
+CALLS = demo_calls(CREDS)
+
+
+def build_app(**options: Any) -> Any:
+    """The demo app, trusting the tokens the scenarios carry."""
+    return _build_app(credentials=CREDS, **options)
 
 
 def send(app: Any, call: DemoCall) -> httpx.Response:
-    """Send one demo call to the ASGI app in process."""
+    """Send one demo call (``repeat`` times) to the ASGI app in process; the last answer."""
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
-            response = await client.request(
-                call.method, call.path, headers=list(call.headers), content=call.body()
-            )
-            await response.aread()
+            for _ in range(call.repeat):
+                response = await client.request(
+                    call.method, call.path, headers=list(call.headers), content=call.body()
+                )
+                await response.aread()
             return response
 
     return anyio.run(go)
@@ -58,8 +67,47 @@ def test_every_printed_scenario_gets_its_status(call: DemoCall) -> None:
 
 def test_the_scenarios_cover_the_core_behaviours() -> None:
     statuses = {c.expect for c in CALLS}
-    assert {200, 204, 403, 413} <= statuses
+    assert {200, 201, 204, 400, 401, 403, 413, 429} <= statuses
     assert any(c.method == "OPTIONS" for c in CALLS)
+
+
+def test_keyed_route_answers_with_the_plan_and_its_headers() -> None:
+    app = build_app()
+    refused = send(app, scenario("without an API key"))
+    assert refused.json()["type"] == "INVALID_API_KEY"
+    response = send(app, scenario("demo API key"))
+    assert response.status_code == 200
+    assert response.json()["gateway"]["apiKeyId"] == "k-demo"
+    assert "ratelimit" in response.headers
+    assert DEMO_API_KEY not in response.text  # the key itself never reaches the app's output
+
+
+def test_jwt_claims_reach_the_app_and_scopes_are_enforced() -> None:
+    app = build_app()
+    response = send(app, scenario("a valid JWT"))
+    assert response.json()["authorizer"]["jwt"]["claims"]["sub"] == "alice"
+    refused = send(app, scenario("without the route's scope"))
+    assert refused.status_code == 403
+    assert 'error="insufficient_scope"' in refused.headers["www-authenticate"]
+
+
+def test_lambda_authorizer_context_reaches_the_app() -> None:
+    body = send(build_app(), scenario("allows it")).json()
+    assert body["principalId"] == "user|alice"
+    assert body["authorizer"]["tier"] == "gold"
+
+
+def test_throttled_orders_carry_retry_after() -> None:
+    response = send(build_app(), scenario("place orders quickly"))
+    assert response.status_code == 429
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.json()["message"] == "Too Many Requests"
+
+
+def test_invalid_body_is_refused_with_its_detail() -> None:
+    response = send(build_app(), scenario("fails the model"))
+    assert response.status_code == 400
+    assert "name" in response.json()["message"]
 
 
 def test_normal_call_reaches_the_app_with_the_context() -> None:
@@ -120,6 +168,10 @@ def test_curl_lines_are_valid_shell_naming_the_request() -> None:
     base = "http://127.0.0.1:8000"
     for call in CALLS:
         line = call.curl(base)
+        if call.repeat > 1:
+            assert line.startswith(f"for i in $(seq {call.repeat}); do ")
+            assert line.endswith("; echo; done")
+            line = line.split("; do ", 1)[1].rsplit("; echo; done", 1)[0]
         words = shlex.split(line)
         curl = words[words.index("curl") :]
         assert curl[-1] == base + call.path
@@ -135,9 +187,11 @@ def test_curl_lines_are_valid_shell_naming_the_request() -> None:
 
 def test_banner_prints_every_curl_line() -> None:
     base = "http://127.0.0.1:8123"
-    banner = _banner(base, trace=False, redis_url=None)
+    banner = _banner(base, trace=False, redis_url=None, credentials=CREDS)
     for call in CALLS:
         assert call.curl(base) in banner
+    assert CREDS.writer_token in banner
+    assert DEMO_API_KEY in banner
 
 
 def test_trace_prints_one_line_per_request() -> None:

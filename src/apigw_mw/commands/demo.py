@@ -31,7 +31,15 @@ from ..request import Request
 from ..responses import GatewayResponse, GatewayResponses
 from ..routes import Stage
 
-__all__ = ["DemoCall", "build_app", "demo_calls", "demo_policies", "register"]
+__all__ = [
+    "DemoCall",
+    "DemoCredentials",
+    "build_app",
+    "demo_calls",
+    "demo_credentials",
+    "demo_policies",
+    "register",
+]
 
 #: The origin the demo's CORS policy allows (the browser app of the example).
 DEMO_ORIGIN = "https://app.example.com"
@@ -46,8 +54,42 @@ DEMO_ROUTES = (
     "GET /orders",
     "POST /orders",
     "GET /orders/{orderId}",
+    "GET /pets/{petId}/secrets",
     "GET /whoami",
 )
+
+#: The demo usage plan's API key (20 to 128 characters, as API Gateway's keys are).
+DEMO_API_KEY = "demo-Fq3sY0cXk1wQ0pZl8mTn2bVx"
+
+#: The model ``POST /pets`` bodies are validated against (JSON Schema draft 4).
+PET_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-04/schema#",
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 64},
+        "kind": {"type": "string", "enum": ["dog", "cat", "parrot", "fish"]},
+    },
+    "additionalProperties": False,
+}
+
+
+def _demo_lambda_authorizer(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A Lambda REQUEST authorizer, written exactly as it would run in AWS Lambda."""
+    user = (event.get("headers") or {}).get("x-demo-user")
+    if not user:
+        raise Exception("Unauthorized")  # API Gateway's way to say 401
+    effect = "Deny" if user == "mallory" else "Allow"
+    return {
+        "principalId": f"user|{user}",
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Action": "execute-api:Invoke", "Effect": effect, "Resource": event["methodArn"]}
+            ],
+        },
+        "context": {"user": user, "tier": "gold"},
+    }
 
 
 @dataclass(frozen=True)
@@ -62,6 +104,7 @@ class DemoCall:
         headers: request headers.
         data: a text body.
         upload_bytes: send a body of this many zero bytes instead (``head -c N /dev/zero``).
+        repeat: send the call this many times in a row; ``expect`` is the last answer's status.
 
     Example::
 
@@ -75,6 +118,7 @@ class DemoCall:
     headers: Sequence[tuple[str, str]] = ()
     data: str | None = None
     upload_bytes: int = 0
+    repeat: int = 1
 
     def body(self) -> bytes | None:
         """The request body the call sends, or ``None``."""
@@ -100,13 +144,50 @@ class DemoCall:
         line = " ".join(shlex.quote(p) for p in parts)
         if self.upload_bytes:
             line = f"head -c {self.upload_bytes} /dev/zero | {line}"
+        if self.repeat > 1:
+            line = f"for i in $(seq {self.repeat}); do {line}; echo; done"
         return line
 
 
-def demo_calls() -> list[DemoCall]:
-    """The demo's scenarios, in the order they are printed."""
+@dataclass(frozen=True)
+class DemoCredentials:
+    """The demo's API key, tokens and handler secret, printed in its ``curl`` lines.
+
+    Attributes:
+        api_key: a key of the demo usage plan (``GET /orders``).
+        writer_token: a JWT with the ``orders/write`` scope (``POST /orders``).
+        reader_token: a JWT without that scope.
+        issuer: the in-memory issuer that signed both tokens.
+    """
+
+    api_key: str
+    writer_token: str
+    reader_token: str
+    issuer: Any
+
+
+def demo_credentials() -> DemoCredentials:
+    """Fresh demo credentials: a throwaway signing key and two tokens valid for 12 hours."""
+    from ..auth.jwt import LocalIssuer
+
+    issuer = LocalIssuer("https://issuer.demo.apigw-mw.local")
+    return DemoCredentials(
+        api_key=DEMO_API_KEY,
+        writer_token=issuer.token(sub="alice", scope="orders/write", expires_in=12 * 3600),
+        reader_token=issuer.token(sub="bob", scope="orders/read", expires_in=12 * 3600),
+        issuer=issuer,
+    )
+
+
+def demo_calls(credentials: DemoCredentials | None = None) -> list[DemoCall]:
+    """The demo's scenarios, in the order they are printed.
+
+    Args:
+        credentials: the credentials the keyed and authorized calls use (see
+            :func:`demo_credentials`); left out, those calls are not listed.
+    """
     json_header = ("Content-Type", "application/json")
-    return [
+    calls = [
         DemoCall("a normal call", "GET", "/pets", expect=200),
         DemoCall(
             "path parameters, stage variables and the request context",
@@ -115,12 +196,20 @@ def demo_calls() -> list[DemoCall]:
             expect=200,
         ),
         DemoCall(
-            "create a pet (the body reaches the app untouched)",
+            "create a pet (the body is validated, then reaches the app untouched)",
             "POST",
             "/pets",
             expect=201,
             headers=[json_header],
             data='{"name": "Rex", "kind": "dog"}',
+        ),
+        DemoCall(
+            "a body that fails the model: 400 Invalid request body, with the detail",
+            "POST",
+            "/pets",
+            expect=400,
+            headers=[json_header],
+            data='{"kind": "dog"}',
         ),
         DemoCall(
             "a CORS preflight, answered by the gateway",
@@ -136,7 +225,7 @@ def demo_calls() -> list[DemoCall]:
         DemoCall(
             "a cross-origin call gets CORS headers",
             "GET",
-            "/orders",
+            "/pets",
             expect=200,
             headers=[("Origin", DEMO_ORIGIN)],
         ),
@@ -149,22 +238,103 @@ def demo_calls() -> list[DemoCall]:
         DemoCall(
             "a body over the limit: 413, the app never sees it",
             "POST",
-            "/orders",
+            "/pets",
             expect=413,
             headers=[json_header],
             upload_bytes=DEMO_MAX_BODY + 1,
         ),
+        DemoCall(
+            "a keyed route without an API key: 403 Forbidden",
+            "GET",
+            "/orders",
+            expect=403,
+        ),
+        DemoCall(
+            "a Lambda-style authorizer without its header: 401 Unauthorized",
+            "GET",
+            "/pets/1/secrets",
+            expect=401,
+        ),
+        DemoCall(
+            "the same authorizer (your Lambda handler, run in process) allows it",
+            "GET",
+            "/pets/1/secrets",
+            expect=200,
+            headers=[("X-Demo-User", "alice")],
+        ),
+        DemoCall(
+            "a JWT route without a token: 401 Unauthorized",
+            "GET",
+            "/whoami",
+            expect=401,
+        ),
+    ]
+    if credentials is not None:
+        key = ("x-api-key", credentials.api_key)
+        writer = ("Authorization", f"Bearer {credentials.writer_token}")
+        reader = ("Authorization", f"Bearer {credentials.reader_token}")
+        calls += [
+            DemoCall(
+                "with the demo API key: 200, with the usage plan's RateLimit headers",
+                "GET",
+                "/orders",
+                expect=200,
+                headers=[key],
+            ),
+            DemoCall(
+                "a valid JWT: 200, the claims reach the app ($context.authorizer)",
+                "GET",
+                "/whoami",
+                expect=200,
+                headers=[writer],
+            ),
+            DemoCall(
+                "a token without the route's scope: 403 insufficient_scope",
+                "POST",
+                "/orders",
+                expect=403,
+                headers=[reader, json_header],
+                data='{"petId": 1}',
+            ),
+            DemoCall(
+                "place orders quickly: the client's token bucket (burst 3) answers 429",
+                "POST",
+                "/orders",
+                expect=429,
+                headers=[writer, json_header],
+                data='{"petId": 1}',
+                repeat=4,
+            ),
+        ]
+    calls += [
         # demo curl lines: add yours above this line
     ]
+    return calls
 
 
-def demo_policies(*, trace: bool = False, out: TextIO | None = None) -> list[Any]:
+def demo_policies(
+    *,
+    trace: bool = False,
+    out: TextIO | None = None,
+    credentials: DemoCredentials | None = None,
+) -> list[Any]:
     """The policies and gateway-wide settings the demo runs with.
 
     Args:
         trace: add an observer that prints, for each request, the policies it went through.
         out: where that observer writes (default: standard error).
+        credentials: the demo's key and token issuer (fresh ones when left out).
     """
+    from ..auth.api_keys import ApiKey, ApiKeyAuth, ApiKeys
+    from ..auth.custom import LambdaAuthorizer
+    from ..traffic.bucket import Throttle, TokenBucket
+    from ..traffic.plans import Quota, UsagePlan
+    from ..validation import RequestValidator, RouteModel
+
+    creds = credentials or demo_credentials()
+    plan = UsagePlan(
+        "demo-plan", throttle=TokenBucket(rate=5, burst=10), quota=Quota(1000, period="DAY")
+    )
     policies: list[Any] = [
         Stage("demo", variables={"color": "blue", "owner": "pets-team"}),
         RouteTable(DEMO_ROUTES, strict=True),
@@ -189,6 +359,37 @@ def demo_policies(*, trace: bool = False, out: TextIO | None = None) -> list[Any
                 ),
             }
         ),
+        # The whole API: 100 requests a second per route, bursts of 200.
+        Throttle(TokenBucket(rate=100, burst=200)),
+        # Each client may place an order a second, three in a burst.
+        Throttle(
+            TokenBucket(rate=1, burst=3),
+            key="source_ip",
+            routes=["POST /orders"],
+            headers=True,
+            name="orders-per-client",
+        ),
+        ApiKeyAuth(
+            ApiKeys([ApiKey(creds.api_key, id="k-demo", name="demo", plan=plan)]),
+            routes=["GET /orders", "GET /orders/{orderId}"],
+            headers=True,
+        ),
+        creds.issuer.authorizer(
+            audience="demo",
+            routes=["GET /whoami", "POST /orders"],
+            scopes={"POST /orders": ["orders/write"]},
+        ),
+        LambdaAuthorizer(
+            _demo_lambda_authorizer,
+            type="REQUEST",
+            identity_sources=["method.request.header.X-Demo-User"],
+            ttl=300,
+            routes=["GET /pets/{petId}/secrets"],
+        ),
+        RequestValidator(
+            routes={"POST /pets": RouteModel(body={"application/json": PET_SCHEMA})},
+            verbose_errors=True,
+        ),
         # demo policies: add yours above this line
     ]
     if trace:
@@ -201,6 +402,7 @@ def build_app(
     trace: bool = False,
     redis_url: str | None = None,
     out: TextIO | None = None,
+    credentials: DemoCredentials | None = None,
 ) -> ASGIApp:
     """The demo API behind :class:`~apigw_mw.GatewayMiddleware`, ready to serve.
 
@@ -209,6 +411,7 @@ def build_app(
         redis_url: keep shared state (throttles, quotas, caches) in this Redis instead of
             in memory.
         out: where the trace goes (default: standard error).
+        credentials: the API key and token issuer (see :func:`demo_credentials`).
 
     Example::
 
@@ -221,8 +424,9 @@ def build_app(
     app = _pets_app()
     return GatewayMiddleware(
         app,
-        policies=demo_policies(trace=trace, out=out),
-        storage=redis_url or "memory://",
+        policies=demo_policies(trace=trace, out=out, credentials=credentials),
+        # A named in-process store per app: two demo apps in one process keep apart.
+        storage=redis_url or f"memory://demo-{id(app):x}",
         max_body_size=DEMO_MAX_BODY,
     )
 
@@ -311,6 +515,13 @@ def _pets_app() -> ASGIApp:
     async def whoami(request: StarletteRequest) -> JSONResponse:
         return JSONResponse(get_context(request).as_dict("2.0"))
 
+    async def pet_secrets(request: StarletteRequest) -> JSONResponse:
+        ctx = get_context(request)
+        return JSONResponse(
+            {"secret": "Polly wants a cracker", "authorizer": summary(request)["authorizer"]}
+            | {"principalId": ctx.authorizer.get("principalId")}
+        )
+
     return Starlette(
         routes=[
             Route("/pets", list_pets, methods=["GET"]),
@@ -319,6 +530,7 @@ def _pets_app() -> ASGIApp:
             Route("/orders", list_orders, methods=["GET"]),
             Route("/orders", create_order, methods=["POST"]),
             Route("/orders/{orderId}", get_order, methods=["GET"]),
+            Route("/pets/{petId}/secrets", pet_secrets, methods=["GET"]),
             Route("/whoami", whoami, methods=["GET"]),
         ]
     )
@@ -360,7 +572,13 @@ class _TracePrinter(BasePolicy):
         print(line, file=self._out or sys.stderr, flush=True)
 
 
-def _banner(base_url: str, *, trace: bool, redis_url: str | None) -> str:
+def _banner(
+    base_url: str,
+    *,
+    trace: bool,
+    redis_url: str | None,
+    credentials: DemoCredentials | None = None,
+) -> str:
     lines = [
         f"apigw-mw {__version__} demo: a pets and orders API behind the gateway",
         f"  stage 'demo' (variables color=blue, owner=pets-team), strict routes, "
@@ -369,10 +587,20 @@ def _banner(base_url: str, *, trace: bool, redis_url: str | None) -> str:
         + ("   trace: on (one line per request on stderr)" if trace else ""),
         f"  routes: {', '.join(DEMO_ROUTES)}",
         "",
+        *(
+            [
+                f"  demo API key:  {credentials.api_key}",
+                f"  writer token:  {credentials.writer_token}",
+                f"  reader token:  {credentials.reader_token}",
+                "",
+            ]
+            if credentials is not None
+            else []
+        ),
         "Try it (paste into another terminal):",
         "",
     ]
-    for call in demo_calls():
+    for call in demo_calls(credentials):
         lines.append(f"# {call.title} -> {call.expect}")
         lines.append(call.curl(base_url))
         lines.append("")
@@ -390,9 +618,11 @@ def run(args: argparse.Namespace) -> int:
     if redis_url is not None and "://" not in redis_url:
         print(f"--redis: {redis_url!r} is not a URL such as redis://127.0.0.1:6379/0")
         return 2
-    app = build_app(trace=args.trace, redis_url=redis_url)
+    credentials = demo_credentials()
+    app = build_app(trace=args.trace, redis_url=redis_url, credentials=credentials)
     host = args.host if ":" not in args.host else f"[{args.host}]"
-    print(_banner(f"http://{host}:{args.port}", trace=args.trace, redis_url=redis_url))
+    base_url = f"http://{host}:{args.port}"
+    print(_banner(base_url, trace=args.trace, redis_url=redis_url, credentials=credentials))
     sys.stdout.flush()
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
