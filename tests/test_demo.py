@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from apigw_mw.cli import main
 from apigw_mw.commands.demo import (
+    DEMO_ACCESS_KEY,
     DEMO_API_KEY,
     DEMO_MAX_BODY,
     DEMO_ORIGIN,
@@ -40,17 +42,34 @@ def build_app(**options: Any) -> Any:
 def send(app: Any, call: DemoCall) -> httpx.Response:
     """Send one demo call (``repeat`` times) to the ASGI app in process; the last answer."""
 
+    headers = list(call.headers)
+    if call.sigv4 is not None:
+        headers += signed_headers(call, "http://demo")
+
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
             for _ in range(call.repeat):
                 response = await client.request(
-                    call.method, call.path, headers=list(call.headers), content=call.body()
+                    call.method, call.path, headers=headers, content=call.body()
                 )
                 await response.aread()
             return response
 
     return anyio.run(go)
+
+
+def signed_headers(call: DemoCall, base: str) -> list[tuple[str, str]]:
+    """The SigV4 headers botocore (a real AWS client) adds to the call."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    assert call.sigv4 is not None
+    access, secret, region = call.sigv4
+    request = AWSRequest(method=call.method, url=base + call.path, data=call.body() or b"")
+    SigV4Auth(Credentials(access, secret), "execute-api", region).add_auth(request)
+    return [(k, v) for k, v in request.headers.items() if k.lower() != "host"]
 
 
 def scenario(title_part: str) -> DemoCall:
@@ -102,6 +121,14 @@ def test_throttled_orders_carry_retry_after() -> None:
     assert response.status_code == 429
     assert int(response.headers["retry-after"]) >= 1
     assert response.json()["message"] == "Too Many Requests"
+
+
+def test_iam_route_needs_a_signature_and_names_the_caller() -> None:
+    app = build_app()
+    assert send(app, scenario("without a SigV4 signature")).status_code == 403
+    response = send(app, scenario("signed with SigV4"))
+    assert response.status_code == 200
+    assert response.json()["accessKey"] == DEMO_ACCESS_KEY
 
 
 def test_invalid_body_is_refused_with_its_detail() -> None:
@@ -267,3 +294,25 @@ def test_demo_command_serves_on_localhost(demo_server: tuple[str, Path]) -> None
     assert refused.status_code == 403
     printed = stdout.read_text()
     assert f"curl -i {base}/pets" in printed
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_printed_curl_lines_work_against_the_real_demo(demo_server: tuple[str, Path]) -> None:
+    """Each printed line, run by a real shell and curl, gets the status the demo promises."""
+    base, stdout = demo_server
+    printed = stdout.read_text().splitlines()
+    for call in demo_calls(CREDS):
+        if call.repeat > 1 or call.upload_bytes:
+            continue  # loops and uploads are covered in process
+        if call.sigv4 is not None:
+            version = subprocess.run(["curl", "--version"], capture_output=True, text=True)
+            if "7.7" in version.stdout.split()[1][:3]:
+                continue  # curl before 7.75 cannot sign
+        # The line printed for this scenario (tokens in it belong to the running demo).
+        title = f"# {call.title} -> {call.expect}"
+        line = printed[printed.index(title) + 1]
+        line = line.replace(" -i ", " -s -o /dev/null -w '%{http_code}' ", 1)
+        result = subprocess.run(
+            ["bash", "-c", line], capture_output=True, text=True, timeout=20, check=False
+        )
+        assert result.stdout.strip() == str(call.expect), (call.title, line, result.stderr)

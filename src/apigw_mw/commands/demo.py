@@ -55,8 +55,14 @@ DEMO_ROUTES = (
     "POST /orders",
     "GET /orders/{orderId}",
     "GET /pets/{petId}/secrets",
+    "GET /reports",
     "GET /whoami",
 )
+
+#: SigV4 credentials of the demo's IAM-protected route (``GET /reports``).
+DEMO_ACCESS_KEY = "AKIAAPIGWMWDEMO00001"
+DEMO_SECRET_KEY = "demo/secret/key/for/apigw-mw/0123456789"
+DEMO_REGION = "us-east-1"
 
 #: The demo usage plan's API key (20 to 128 characters, as API Gateway's keys are).
 DEMO_API_KEY = "demo-Fq3sY0cXk1wQ0pZl8mTn2bVx"
@@ -105,6 +111,7 @@ class DemoCall:
         data: a text body.
         upload_bytes: send a body of this many zero bytes instead (``head -c N /dev/zero``).
         repeat: send the call this many times in a row; ``expect`` is the last answer's status.
+        sigv4: ``(access key, secret key, region)`` to sign the call with (``execute-api``).
 
     Example::
 
@@ -119,6 +126,7 @@ class DemoCall:
     data: str | None = None
     upload_bytes: int = 0
     repeat: int = 1
+    sigv4: tuple[str, str, str] | None = None
 
     def body(self) -> bytes | None:
         """The request body the call sends, or ``None``."""
@@ -134,6 +142,14 @@ class DemoCall:
         sends_body = self.data is not None or self.upload_bytes > 0
         if self.method not in ("GET", "POST") or (self.method == "POST") != sends_body:
             parts += ["-X", self.method]
+        if self.sigv4 is not None:
+            access, secret, region = self.sigv4
+            parts += [
+                "--aws-sigv4",
+                f"aws:amz:{region}:execute-api",
+                "--user",
+                f"{access}:{secret}",
+            ]
         for name, value in self.headers:
             parts += ["-H", f"{name}: {value}"]
         if self.upload_bytes:
@@ -263,6 +279,19 @@ def demo_calls(credentials: DemoCredentials | None = None) -> list[DemoCall]:
             headers=[("X-Demo-User", "alice")],
         ),
         DemoCall(
+            "an IAM route without a SigV4 signature: 403 Missing Authentication Token",
+            "GET",
+            "/reports",
+            expect=403,
+        ),
+        DemoCall(
+            "signed with SigV4 by curl itself (curl 7.75 or later): 200",
+            "GET",
+            "/reports",
+            expect=200,
+            sigv4=(DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DEMO_REGION),
+        ),
+        DemoCall(
             "a JWT route without a token: 401 Unauthorized",
             "GET",
             "/whoami",
@@ -327,6 +356,8 @@ def demo_policies(
     """
     from ..auth.api_keys import ApiKey, ApiKeyAuth, ApiKeys
     from ..auth.custom import LambdaAuthorizer
+    from ..auth.resource_policy import ResourcePolicy
+    from ..auth.sigv4 import IamAuthorizer
     from ..traffic.bucket import Throttle, TokenBucket
     from ..traffic.plans import Quota, UsagePlan
     from ..validation import RequestValidator, RouteModel
@@ -359,6 +390,27 @@ def demo_policies(
                 ),
             }
         ),
+        # Evaluated first: callers from 192.0.2.0/24 (a documentation range) are refused.
+        ResourcePolicy(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": "*",
+                        "Action": "execute-api:Invoke",
+                        "Resource": "execute-api:/*",
+                    },
+                    {
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "execute-api:Invoke",
+                        "Resource": "execute-api:/*",
+                        "Condition": {"IpAddress": {"aws:SourceIp": ["192.0.2.0/24"]}},
+                    },
+                ],
+            }
+        ),
         # The whole API: 100 requests a second per route, bursts of 200.
         Throttle(TokenBucket(rate=100, burst=200)),
         # Each client may place an order a second, three in a burst.
@@ -385,6 +437,9 @@ def demo_policies(
             identity_sources=["method.request.header.X-Demo-User"],
             ttl=300,
             routes=["GET /pets/{petId}/secrets"],
+        ),
+        IamAuthorizer(
+            {DEMO_ACCESS_KEY: DEMO_SECRET_KEY}, region=DEMO_REGION, routes=["GET /reports"]
         ),
         RequestValidator(
             routes={"POST /pets": RouteModel(body={"application/json": PET_SCHEMA})},
@@ -512,6 +567,12 @@ def _pets_app() -> ASGIApp:
         orders[order["id"]] = order
         return JSONResponse({"order": order, "gateway": summary(request)}, status_code=201)
 
+    async def reports(request: StarletteRequest) -> JSONResponse:
+        identity = get_context(request).identity
+        return JSONResponse(
+            {"report": "weekly sales", "accessKey": identity.access_key, "user": identity.user}
+        )
+
     async def whoami(request: StarletteRequest) -> JSONResponse:
         return JSONResponse(get_context(request).as_dict("2.0"))
 
@@ -531,6 +592,7 @@ def _pets_app() -> ASGIApp:
             Route("/orders", create_order, methods=["POST"]),
             Route("/orders/{orderId}", get_order, methods=["GET"]),
             Route("/pets/{petId}/secrets", pet_secrets, methods=["GET"]),
+            Route("/reports", reports, methods=["GET"]),
             Route("/whoami", whoami, methods=["GET"]),
         ]
     )
