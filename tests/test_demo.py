@@ -299,7 +299,7 @@ def test_demo_command_serves_on_localhost(demo_server: tuple[str, Path]) -> None
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_printed_curl_lines_work_against_the_real_demo(demo_server: tuple[str, Path]) -> None:
     """Each printed line, run by a real shell and curl, gets the status the demo promises."""
-    base, stdout = demo_server
+    _base, stdout = demo_server
     printed = stdout.read_text().splitlines()
     for call in demo_calls(CREDS):
         if call.repeat > 1 or call.upload_bytes:
