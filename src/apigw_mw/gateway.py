@@ -127,14 +127,7 @@ class Gateway:
 
     def route_path(self, path: str) -> str | None:
         """The path routes match against (base path stripped), or None if outside it."""
-        base = self.base_path
-        if base is None:
-            return path
-        if path == base:
-            return "/"
-        if path.startswith(base) and path[len(base)] == "/":
-            return path[len(base) :]
-        return None
+        return path if self.base_path is None else self.stage.route_path(path)
 
     def context(self, request: Request, request_id: str, protocol: str) -> RequestContext:
         return RequestContext._new(

@@ -97,6 +97,21 @@ class Stage:
                 )
             object.__setattr__(self, "base_path", bp or None)
 
+    def route_path(self, path: str) -> str | None:
+        """``path`` with the base path removed, or ``None`` when it lies outside it.
+
+        >>> Stage(base_path="/v1").route_path("/v1/pets")
+        '/pets'
+        """
+        base = self.base_path
+        if base is None:
+            return path
+        if path == base:
+            return "/"
+        if path.startswith(base) and path[len(base)] == "/":
+            return path[len(base) :]
+        return None
+
     def method_arn(self, method: str, path: str) -> str:
         """The ``execute-api`` ARN of a request, as authorizers receive it.
 

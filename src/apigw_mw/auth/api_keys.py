@@ -566,7 +566,7 @@ class _BoundApiKeyAuth:
         self.spec = spec
         self.routes = spec.routes
         self.store = store
-        self.base_path = settings.stage.base_path
+        self.stage = settings.stage
         self.deny_on_error = spec.on_storage_error == "deny"
         self.headers = spec.headers
         self.header_slot = f"apigw.ratelimit.{id(self):x}"
@@ -642,7 +642,7 @@ class _BoundApiKeyAuth:
             return None
         ctx.extra["usagePlan"] = plan.name
         route = (
-            limited_route(request, ctx, plan.route_limits, plan._route_router, self.base_path)
+            limited_route(request, ctx, plan.route_limits, plan._route_router, self.stage)
             if plan.route_limits
             else None
         )

@@ -61,14 +61,7 @@ _SOURCE = re.compile(
 
 def route_path(stage: Stage, path: str) -> str | None:
     """``path`` with the stage's base path removed (``None`` when outside it)."""
-    base = stage.base_path
-    if base is None:
-        return path
-    if path == base:
-        return "/"
-    if path.startswith(base) and path[len(base)] == "/":
-        return path[len(base) :]
-    return None
+    return stage.route_path(path)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import ConfigurationError
 from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
 from ..responses import Deny
-from ..routes import RoutePattern, Router
+from ..routes import RoutePattern, Router, Stage
 from .storage import Hits, Level, Store, get_store
 
 if TYPE_CHECKING:
@@ -80,11 +80,12 @@ def route_limits_arg(
     return out, (Router(patterns) if patterns else None)
 
 
-def route_path(request: Request, base_path: str | None) -> str:
+def route_path(request: Request, stage: Stage) -> str:
+    """The request's path with the stage's base path removed (unchanged outside it)."""
     path = request.path
-    if base_path and (path == base_path or path.startswith(base_path + "/")):
-        return path[len(base_path) :] or "/"
-    return path
+    if stage.base_path is None:
+        return path
+    return stage.route_path(path) or path
 
 
 def limited_route(
@@ -92,7 +93,7 @@ def limited_route(
     ctx: RequestContext,
     limits: Mapping[str, Any],
     router: Router | None,
-    base_path: str | None,
+    stage: Stage,
 ) -> str | None:
     """The route key of ``limits`` that applies to the request, if any."""
     rk = ctx.route_key
@@ -100,7 +101,7 @@ def limited_route(
         return rk
     if router is None:
         return None
-    best = router.match(request.method, route_path(request, base_path)).best
+    best = router.match(request.method, route_path(request, stage)).best
     return best.key if best is not None else None
 
 
@@ -231,7 +232,7 @@ class _BoundThrottle:
         self.phase = spec.phase
         self.routes = spec.routes
         self.store = store
-        self.base_path = settings.stage.base_path
+        self.stage = settings.stage
         self.deny_on_error = spec.on_storage_error == "deny"
         self.headers = spec.headers
         self.header_slot = f"apigw.ratelimit.{id(self):x}"
@@ -279,7 +280,7 @@ class _BoundThrottle:
     ) -> Generator[Hits, Any, Deny | None] | None:
         kind = self._kind
         route = (
-            limited_route(request, ctx, self._limits, self._router, self.base_path)
+            limited_route(request, ctx, self._limits, self._router, self.stage)
             if self._limits
             else None
         )
