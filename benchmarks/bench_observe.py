@@ -6,16 +6,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bench_core import starlette_app
-from harness import Call, Scenario
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from apigw_mw import AccessLog, GatewayMiddleware, Metrics, RouteTable, Tracing
+from bench_core import starlette_app
+from harness import Call, Scenario
 
 GROUP = "observe"
+HEADERS = [
+    (b"user-agent", b"python-httpx/0.28.1"),
+    (b"accept", b"*/*"),
+    (b"accept-encoding", b"gzip, deflate"),
+]
 
 
 class _Discard(logging.Handler):
@@ -35,7 +40,8 @@ def _access_logger() -> logging.Logger:
 
 def scenarios() -> list[Scenario]:
     bare = starlette_app()
-    get = [Call("GET", "/pets/1")]
+    # A request as a typical HTTP client sends it (the harness adds Host).
+    get = [Call("GET", "/pets/1", headers=HEADERS)]
     routes = RouteTable(["GET /pets/{petId}"])
     # A real SDK provider with no span processor: spans are built and dropped on end.
     sdk = TracerProvider()
@@ -47,9 +53,7 @@ def scenarios() -> list[Scenario]:
     base = "observe: gateway, routes only"
     return [
         Scenario("observe: bare app", "asgi", bare, get, group=GROUP),
-        Scenario(
-            base, "asgi", gw(), get, baseline="observe: bare app", group=GROUP
-        ),
+        Scenario(base, "asgi", gw(), get, baseline="observe: bare app", group=GROUP),
         Scenario(
             "observe: + Tracing, no SDK (no-op provider)",
             "asgi",
@@ -78,11 +82,12 @@ def scenarios() -> list[Scenario]:
                     "GET",
                     "/pets/1",
                     headers=[
+                        *HEADERS,
                         (
                             b"x-amzn-trace-id",
                             b"Root=1-5759e988-bd862e3fe1be46a994272793;"
                             b"Parent=53995c3f42cd8ad8;Sampled=1",
-                        )
+                        ),
                     ],
                 )
             ],

@@ -98,8 +98,10 @@ def test_preset_line_per_request(
     assert fields[keys["ip"]] == "127.0.0.1"
     assert REQUEST_TIME.match(fields[keys["time"]])
     assert "/pets/{petId}" in line
-    assert f" {len(r.content)} " in line or f'"{len(r.content)}"' in line or (
-        f",{len(r.content)}," in line or f">{len(r.content)}<" in line
+    assert (
+        f" {len(r.content)} " in line
+        or f'"{len(r.content)}"' in line
+        or (f",{len(r.content)}," in line or f">{len(r.content)}<" in line)
     )
 
 
@@ -151,7 +153,8 @@ def test_custom_format_with_errors_and_latencies(
         assert entry[key] == value
     assert entry["requestId"] == r.headers["x-amzn-requestid"]
     assert entry["length"] == len(r.content)
-    assert isinstance(entry["latency"], int) and entry["latency"] >= 0
+    assert isinstance(entry["latency"], int)
+    assert entry["latency"] >= 0
     assert entry["route"] == "GET /pets/{petId}"
     assert entry["stage"] == "prod"
     assert entry["unknown"] == "-"
@@ -161,12 +164,12 @@ def test_custom_format_with_errors_and_latencies(
 
 HOSTILE = 'Mozilla/5.0 "quoted" \\ back, comma <tag> & \x1b[31mred\x07'
 UA_FORMATS = [
-    pytest.param('{"requestId":"$context.requestId","ua":"$context.identity.userAgent"}', id="json"),
+    pytest.param(
+        '{"requestId":"$context.requestId","ua":"$context.identity.userAgent"}', id="json"
+    ),
     pytest.param('$context.requestId "$context.identity.userAgent"', id="clf"),
     pytest.param("$context.requestId,$context.identity.userAgent", id="csv"),
-    pytest.param(
-        '<r id="$context.requestId"><ua>$context.identity.userAgent</ua></r>', id="xml"
-    ),
+    pytest.param('<r id="$context.requestId"><ua>$context.identity.userAgent</ua></r>', id="xml"),
 ]
 
 
@@ -176,7 +179,7 @@ def decode_ua(fmt: str, line: str) -> str:
     if fmt.startswith("<"):
         return ET.fromstring(line).find("ua").text or ""  # type: ignore[union-attr]
     if "," in fmt:
-        return list(csv.reader(io.StringIO(line)))[0][1]
+        return next(iter(csv.reader(io.StringIO(line))))[1]
     return line.split(" ", 1)[1]
 
 
@@ -188,12 +191,14 @@ def test_quotes_and_control_characters_are_escaped(
     client = make_client([AccessLog(fmt), ROUTES])
     client.get("/pets/1", headers={"user-agent": HOSTILE})
     [line] = lines(caplog)
-    assert "\x1b" not in line and "\x07" not in line
+    assert "\x1b" not in line
+    assert "\x07" not in line
     ua = decode_ua(fmt, line)
     if fmt.startswith("{"):
         assert ua == HOSTILE  # JSON round-trips exactly
     else:  # XML 1.0 cannot carry these control characters; CLF and CSV are plain text
-        assert "\x1b" not in ua and "\\x1b[31mred\\x07" in ua
+        assert "\x1b" not in ua
+        assert "\\x1b[31mred\\x07" in ua
         assert "quoted" in ua
 
 
@@ -212,10 +217,11 @@ def test_crlf_in_a_header_cannot_forge_a_log_line(
     else:  # werkzeug's client refuses CR/LF in headers: build the environ by hand
         environ = EnvironBuilder(path="/pets/1").get_environ()
         environ["HTTP_USER_AGENT"] = forged
-        app_iter, status, _ = run_wsgi_app(client.middleware, environ, buffered=True)
+        _app_iter, status, _ = run_wsgi_app(client.middleware, environ, buffered=True)
         assert status.startswith("200")
     [line] = lines(caplog)
-    assert "\r" not in line and "\n" not in line
+    assert "\r" not in line
+    assert "\n" not in line
     if fmt.startswith(("{", "<")):
         assert decode_ua(fmt, line) == forged
 
@@ -300,3 +306,12 @@ def test_extended_request_id_alone_is_enough() -> None:
     with pytest.raises(ConfigurationError) as info:
         AccessLog(logger=42)  # type: ignore[arg-type]
     assert info.value.field == "AccessLog.logger"
+
+
+@pytest.mark.parametrize("name", ["CLF", "JSON", "CSV", "XML"])
+def test_presets_are_documented_verbatim(name: str) -> None:
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
+    assert f"`AccessLog.{name}`" in page
+    assert getattr(AccessLog, name) in page

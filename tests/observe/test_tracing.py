@@ -16,7 +16,14 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, StreamingResponse
@@ -316,16 +323,15 @@ def test_unconfigured_global_provider_is_the_no_op_one(make_client: Any) -> None
     assert "x-amzn-trace-id" not in client.get("/pets/1").headers
 
 
-def test_existing_server_span_is_annotated_not_duplicated(
-    make_client: Any, traces: Traces
-) -> None:
+def test_existing_server_span_is_annotated_not_duplicated(make_client: Any, traces: Traces) -> None:
     """A framework instrumentation outside the gateway already opened the server span."""
     client = make_client([Tracing(traces.provider), ROUTES])
     tracer = traces.provider.get_tracer("framework")
     with tracer.start_as_current_span("framework span", kind=SpanKind.SERVER) as outer:
         r = client.get("/pets/1")
     [span] = traces.spans()
-    assert span is not None and span.context.span_id == outer.get_span_context().span_id
+    assert span is not None
+    assert span.context.span_id == outer.get_span_context().span_id
     assert span.name == "framework span"
     assert span.attributes["apigw.request_id"] == r.headers["x-amzn-requestid"]
     assert span.attributes["http.route"] == "/pets/{petId}"
@@ -527,3 +533,40 @@ def test_xray_round_trip_through_real_server(served: str, traces: Traces) -> Non
     assert r.headers["x-amzn-trace-id"] == (
         f"Root={ROOT};Parent={server.context.span_id:016x};Sampled=1"
     )
+
+
+class _AttributeSampler(Sampler):
+    """A sampler that decides on attributes (drops health checks)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        self.seen.append(dict(attributes or {}))
+        keep = (attributes or {}).get("url.path") != "/health"
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if keep else Decision.DROP, attributes)
+
+    def get_description(self) -> str:
+        return "DropHealthChecks"
+
+
+def test_custom_sampler_sees_attributes_at_span_start(make_client: Any) -> None:
+    sampler = _AttributeSampler()
+    traces = Traces(sampler=sampler)
+    client = make_client(
+        [Tracing(traces.provider), RouteTable(["GET /health", "GET /pets/{petId}"])]
+    )
+    client.get("/health")
+    client.get("/pets/1")
+    assert [s.attributes["url.path"] for s in traces.spans()] == ["/pets/1"]
+    assert sampler.seen[1]["http.route"] == "/pets/{petId}"
+    assert sampler.seen[1]["http.request.method"] == "GET"

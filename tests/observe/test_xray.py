@@ -36,7 +36,9 @@ PARENT = 0x53995C3F42CD8AD8
             id="decision-requested",
         ),
         pytest.param(
-            f"Root={ROOT};Parent=53995c3f42cd8ad8", TraceHeader(TRACE, PARENT, None), id="no-sampled"
+            f"Root={ROOT};Parent=53995c3f42cd8ad8",
+            TraceHeader(TRACE, PARENT, None),
+            id="no-sampled",
         ),
         pytest.param(f"Root={ROOT}", TraceHeader(TRACE, 0, None), id="load-balancer-root-only"),
         pytest.param(

@@ -6,9 +6,10 @@ import contextlib
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from ..exceptions import ConfigurationError
 from ..pipeline import BasePolicy, Phase
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ..context import RequestContext
     from ..request import Request
 
-__all__ = ["AccessLog"]
+__all__ = ["AccessLog", "console_access_log"]
 
 _VARIABLE = re.compile(r"\$context\.([A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)")
 # Names whose values are credentials: never written, whatever the format asks for.
@@ -360,3 +361,20 @@ class AccessLog(BasePolicy):
                     _report.warning(
                         "access log %s could not be written", logger.name, exc_info=True
                     )
+
+
+def console_access_log(format: str = AccessLog.CLF, out: IO[str] | None = None) -> AccessLog:
+    """An :class:`AccessLog` that prints its lines to ``out`` (standard error by default),
+    whatever the application's logging configuration; meant for demos and debugging.
+
+    Example::
+
+        app = GatewayMiddleware(app, policies=[console_access_log(), ...])
+    """
+    logger = logging.getLogger("apigw_mw.access.console")
+    handler = logging.StreamHandler(out if out is not None else sys.stderr)
+    handler.setFormatter(logging.Formatter("[access] %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return AccessLog(format, logger=logger)

@@ -51,6 +51,16 @@ _XRAY_HEADER = b"x-amzn-trace-id"
 _EMPTY = otel_context.Context()
 
 _UNRESOLVED, _ON, _OFF = 0, 1, 2
+_SERVER = SpanKind.SERVER
+# The descriptions of the SDK's samplers, none of which reads span attributes.
+_BLIND_SAMPLER = re.compile(
+    r"(?:ParentBased|AlwaysOnSampler|AlwaysOffSampler|TraceIdRatioBased\{[0-9.e+-]+\}"
+    r"|[{},:]|root|remoteParentSampled|remoteParentNotSampled|localParentSampled"
+    r"|localParentNotSampled)+"
+)
+_current_span = trace.get_current_span
+_in_context = trace.set_span_in_context
+_attach = otel_context.attach
 _log = logging.getLogger("apigw_mw")
 
 # W3C tracestate list members (the grammar OpenTelemetry's TraceState accepts).
@@ -130,14 +140,17 @@ def _steered(tracer: Any, trace_id: int, sampled: bool | None) -> Any:
 class _Active:
     """One request's tracing state."""
 
-    __slots__ = ("offset", "owned", "span", "token", "xray_id")
+    __slots__ = ("header", "late", "offset", "owned", "span", "token")
 
-    def __init__(self, span: Any, owned: bool, token: Any) -> None:
+    def __init__(
+        self, span: Any, owned: bool, token: Any, header: bytes, late: dict[str, Any] | None
+    ) -> None:
         self.span = span
         self.owned = owned
         self.token = token
+        self.header = header  # the X-Amzn-Trace-Id response header
+        self.late = late  # start attributes recorded with the final ones
         self.offset = 0
-        self.xray_id = ""
 
 
 class _Off(BasePolicy):
@@ -158,9 +171,9 @@ class Tracing(BasePolicy):
 
     Args:
         tracer_provider: the provider to trace with; ``None`` uses the global one
-            (``opentelemetry.trace.set_tracer_provider``), looked up at start-up or, if none
-            is set yet, at the first request. The API's no-op provider is noticed then and
-            tracing is switched off for good: it costs nothing per request.
+            (``opentelemetry.trace.set_tracer_provider``), looked up once, when the
+            middleware is built: set it before that. With no provider configured (the API's
+            no-op one) tracing switches itself off and costs nothing per request.
         propagators: the incoming trace headers to read, in order of preference:
             ``"tracecontext"`` (W3C ``traceparent``/``tracestate``) and ``"xray"``
             (``X-Amzn-Trace-Id``). The first header naming a parent span wins; an X-Ray
@@ -181,7 +194,7 @@ class Tracing(BasePolicy):
 
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        app = GatewayMiddleware(app, policies=[Tracing(provider), ApiKeyRequired(...)])
+        app = GatewayMiddleware(app, policies=[Tracing(provider), AccessLog(AccessLog.JSON)])
     """
 
     phase = Phase.OBSERVE
@@ -212,14 +225,13 @@ class Tracing(BasePolicy):
         self.policy_spans = bool(policy_spans)
         self._state = _UNRESOLVED
         self._tracer: Any = None
-        self._stage = ""
+        self._late = False
 
     def __repr__(self) -> str:
         return f"Tracing(propagators={self.propagators!r}, policy_spans={self.policy_spans!r})"
 
     def bind(self, settings: GatewaySettings) -> Policy:
         bound = copy.copy(self)
-        bound._stage = settings.stage.name
         if not bound._resolve():
             _log.info("Tracing is off: no OpenTelemetry tracer provider is configured")
             return OFF
@@ -240,6 +252,12 @@ class Tracing(BasePolicy):
             self._state = _OFF
             return False
         self._tracer = tracer
+        # Samplers that never read attributes (the SDK's own) let the start attributes be
+        # recorded together with the final ones: one attribute update instead of two.
+        sampler = getattr(tracer, "sampler", None)
+        self._late = sampler is not None and bool(
+            _BLIND_SAMPLER.fullmatch(str(sampler.get_description()))
+        )
         self._state = _ON
         return True
 
@@ -248,21 +266,26 @@ class Tracing(BasePolicy):
     def on_request(self, request: Request, context: RequestContext) -> None:
         if self._state != _ON:
             return
-        current = trace.get_current_span()
-        if current.is_recording() and getattr(current, "kind", None) is SpanKind.SERVER:
+        current = _current_span()
+        if current.is_recording() and getattr(current, "kind", None) is _SERVER:
             # A framework instrumentation outside the gateway opened the server span.
             span = current
             span.set_attributes(self._start_attributes(request, context, _headers(request)))
-            active = _Active(span, False, None)
+            owned, token, late = False, None, None
         else:
-            span = self._start(request, context)
-            active = _Active(span, True, otel_context.attach(trace.set_span_in_context(span)))
+            span, late = self._start(request, context)
+            owned, token = True, _attach(_in_context(span))
+        sc = span.get_span_context()
+        xray_id = xray_trace_id(sc.trace_id)
+        header = f"Root={xray_id};Parent={sc.span_id:016x};Sampled={sc.trace_flags & 1}"
+        active = _Active(span, owned, token, header.encode("ascii"), late)
         extra = context.extra
         extra[_STATE] = active
-        extra["xrayTraceId"] = active.xray_id = xray_trace_id(span.get_span_context().trace_id)
+        extra["xrayTraceId"] = xray_id
         if self.policy_spans and span.is_recording():
             active.offset = time.time_ns() - perf_counter_ns()
-            context.policy_trace = []
+            if context.policy_trace is None:  # another observer may have asked already
+                context.policy_trace = []
 
     def on_response(self, request: Request, context: RequestContext, head: ResponseHead) -> None:
         if self._state != _ON:
@@ -270,16 +293,12 @@ class Tracing(BasePolicy):
         active = context.extra.get(_STATE)
         if active is None:
             return
-        sc = active.span.get_span_context()
-        value = (
-            f"Root={active.xray_id};Parent={sc.span_id:016x};Sampled={sc.trace_flags & 1}"
-        ).encode("ascii")
         headers = head.headers
         for name, _ in headers:
             if name == _XRAY_HEADER:  # the gateway's trace header replaces the app's
                 headers[:] = [(n, v) for n, v in headers if n != _XRAY_HEADER]
                 break
-        headers.append((_XRAY_HEADER, value))
+        headers.append((_XRAY_HEADER, active.header))
 
     def on_complete(self, request: Request, context: RequestContext) -> None:
         if self._state != _ON:
@@ -321,7 +340,10 @@ class Tracing(BasePolicy):
             attrs["user_agent.original"] = headers.user_agent
         return attrs
 
-    def _start(self, request: Request, context: RequestContext) -> Any:
+    def _start(
+        self, request: Request, context: RequestContext
+    ) -> tuple[Any, dict[str, Any] | None]:
+        """The server span, and the start attributes still to record (see ``_late``)."""
         headers = _headers(request)
         attrs = self._start_attributes(request, context, headers)
         route = context.resource_path
@@ -330,7 +352,9 @@ class Tracing(BasePolicy):
         tracer = self._tracer
         found = self._incoming(headers) if headers.any_trace else None
         if found is None:
-            return tracer.start_span(name, kind=SpanKind.SERVER, attributes=attrs)
+            if self._late:
+                return tracer.start_span(name, kind=SpanKind.SERVER), attrs
+            return tracer.start_span(name, kind=SpanKind.SERVER, attributes=attrs), None
         header, state = found
         if header.span_id:
             flags = TraceFlags(TraceFlags.SAMPLED if header.sampled else TraceFlags.DEFAULT)
@@ -352,7 +376,10 @@ class Tracing(BasePolicy):
             # X-Ray Root without Parent: a root span inside the caller's trace.
             parent = _EMPTY
             tracer = _steered(tracer, header.trace_id, header.sampled) or tracer
-        return tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+        if self._late:
+            return tracer.start_span(name, context=parent, kind=SpanKind.SERVER), attrs
+        span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+        return span, None
 
     def _incoming(self, headers: _TraceHeaders) -> tuple[TraceHeader, TraceState | None] | None:
         fallback: tuple[TraceHeader, TraceState | None] | None = None
@@ -377,22 +404,24 @@ class Tracing(BasePolicy):
 
     def _finish(self, span: Any, context: RequestContext, active: _Active) -> None:
         status = context.status
-        attrs: dict[str, Any] = {}
+        attrs: dict[str, Any] = active.late or {}
         if status is not None:
             attrs["http.response.status_code"] = status
         if not active.owned and context.resource_path is not None:
             attrs["http.route"] = context.resource_path
-        identity = _learned(context, "identity")
+        # What policies learned; reading an untouched lazy field would build it for nothing.
+        fields: Any = getattr(context, "__dict__", None) or {}
+        identity = fields.get("identity")
         if identity is not None and identity.api_key_id is not None:
             attrs["apigw.api_key_id"] = identity.api_key_id
-        authorizer = _learned(context, "authorizer")
+        authorizer = fields.get("authorizer")
         if authorizer:
             principal = authorizer.get("principalId")
             if isinstance(principal, (str, int)):
                 attrs["apigw.principal_id"] = str(principal)
         extra = context.extra
         cache = extra.get("cacheStatus")
-        if cache in ("hit", "miss"):
+        if cache is not None:
             attrs["apigw.cache_hit"] = cache == "hit"
         throttle = extra.get("throttle")
         if isinstance(throttle, str):
@@ -457,6 +486,10 @@ class _TraceHeaders:
         self.user_agent: str | None = None
         self.any_trace = False
 
+    def add(self, attr: str, value: str) -> None:
+        getattr(self, attr).append(value)
+        self.any_trace = True
+
 
 _ASGI_NAMES = {
     b"traceparent": "traceparent",
@@ -480,19 +513,22 @@ def _headers(request: Request) -> _TraceHeaders:
     raw = request.raw
     if isinstance(raw, dict) and "wsgi.version" not in raw and "headers" in raw:
         for name, value in raw["headers"]:
-            attr = _ASGI_NAMES.get(name) or _ASGI_NAMES.get(name.lower())
-            if attr is not None:
-                getattr(found, attr).append(value.decode("latin-1"))
-                found.any_trace = True
-            elif name == b"user-agent" or name.lower() == b"user-agent":
+            if name == b"user-agent":
                 found.user_agent = value.decode("latin-1")
+            elif name in _ASGI_NAMES:
+                found.add(_ASGI_NAMES[name], value.decode("latin-1"))
+            elif not name.islower():  # ASGI asks for lower-case names; not every server obeys
+                lowered = name.lower()
+                if lowered == b"user-agent":
+                    found.user_agent = value.decode("latin-1")
+                elif lowered in _ASGI_NAMES:
+                    found.add(_ASGI_NAMES[lowered], value.decode("latin-1"))
         return found
     if isinstance(raw, dict):
         for key, attr in _WSGI_NAMES:
             value = raw.get(key)
             if value is not None:
-                getattr(found, attr).append(value)
-                found.any_trace = True
+                found.add(attr, value)
         found.user_agent = raw.get("HTTP_USER_AGENT")
         return found
     headers = request.headers  # another carrier: the parsed mapping
@@ -507,15 +543,6 @@ def _headers(request: Request) -> _TraceHeaders:
         found.any_trace = True
     found.user_agent = headers.get("user-agent")
     return found
-
-
-def _learned(context: RequestContext, name: str) -> Any:
-    """``context.<name>`` if a policy has filled it in, else ``None``: reading an untouched
-    lazy field (identity, authorizer) would build it for nothing."""
-    fields = getattr(context, "__dict__", None)
-    if fields is None:
-        return getattr(context, name)
-    return fields.get(name)
 
 
 def _decision_name(decision: Any) -> str:
