@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shlex
 import shutil
 import socket
@@ -226,8 +227,14 @@ def test_trace_prints_one_line_per_request() -> None:
     app = build_app(trace=True, out=out)
     send(app, scenario("a normal call"))
     send(app, scenario("does not declare"))
-    lines = out.getvalue().splitlines()
+    everything = out.getvalue().splitlines()
+    lines = [line for line in everything if line.startswith("[trace]")]
     assert len(lines) == 2
+    access = [line for line in everything if line.startswith("[access]")]
+    assert len(access) == 2
+    assert json.loads(access[1].removeprefix("[access] "))["status"] in ("403", 403)
+    spans = [line for line in everything if line.startswith("span ")]
+    assert any("GET /pets" in line for line in spans)
     assert "GET /pets route=GET /pets status=200" in lines[0]
     assert "Cors=pass" in lines[0]
     assert "status=403 MISSING_AUTHENTICATION_TOKEN" in lines[1]

@@ -15,6 +15,7 @@ demo can be driven in process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -350,14 +351,16 @@ def demo_policies(
     """The policies and gateway-wide settings the demo runs with.
 
     Args:
-        trace: add an observer that prints, for each request, the policies it went through.
-        out: where that observer writes (default: standard error).
+        trace: print, for each request, the policies it went through, and its OpenTelemetry
+            spans (when the SDK is installed).
+        out: where the access log and the trace go (default: standard error).
         credentials: the demo's key and token issuer (fresh ones when left out).
     """
     from ..auth.api_keys import ApiKey, ApiKeyAuth, ApiKeys
     from ..auth.custom import LambdaAuthorizer
     from ..auth.resource_policy import ResourcePolicy
     from ..auth.sigv4 import IamAuthorizer
+    from ..observe import AccessLog, Tracing, console_access_log, console_tracer_provider
     from ..traffic.bucket import Throttle, TokenBucket
     from ..traffic.plans import Quota, UsagePlan
     from ..validation import RequestValidator, RouteModel
@@ -447,8 +450,13 @@ def demo_policies(
         ),
         # demo policies: add yours above this line
     ]
+    # One access-log line per request, in API Gateway's JSON preset.
+    policies.append(console_access_log(AccessLog.JSON, out=out))
     if trace:
         policies.append(_TracePrinter(out))
+        # Without the OpenTelemetry SDK installed, the summary line only.
+        with contextlib.suppress(ImportError):
+            policies.append(Tracing(console_tracer_provider(out), policy_spans=True))
     return policies
 
 
@@ -686,7 +694,8 @@ def run(args: argparse.Namespace) -> int:
     base_url = f"http://{host}:{args.port}"
     print(_banner(base_url, trace=args.trace, redis_url=redis_url, credentials=credentials))
     sys.stdout.flush()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # The gateway writes the access log (API Gateway's format); uvicorn's would repeat it.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
 
 
@@ -705,7 +714,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--trace",
         action="store_true",
-        help="print, for each request, the policies it went through and their decisions",
+        help="print, for each request, the policies it went through and its spans",
     )
     parser.add_argument(
         "--redis",
