@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from functools import partial
 from time import perf_counter
@@ -24,7 +25,20 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _TIMEOUT = Deny("INTEGRATION_TIMEOUT")
-_current_task = asyncio.current_task
+_get_running_loop = asyncio.get_running_loop
+if sys.version_info < (3, 12) and isinstance(getattr(asyncio.tasks, "_current_tasks", None), dict):
+    # Before 3.12 ``asyncio.current_task`` is Python code around this dictionary.
+    _running_tasks: dict[Any, Any] = getattr(asyncio.tasks, "_current_tasks")  # noqa: B009
+
+    def _current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+        return _running_tasks.get(loop)
+
+else:
+
+    def _current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+        return asyncio.current_task(loop)
+
+
 _PROTOCOLS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2", "2.0": "HTTP/2", "3": "HTTP/3"}
 _TOO_LARGE = Deny("REQUEST_TOO_LARGE")
 
@@ -211,15 +225,17 @@ class GatewayMiddleware:
         watchdog = None
         if gw.integration_timeout is not None:
             try:
-                task = ex.task = _current_task()
+                loop = _get_running_loop()
             except RuntimeError:  # not running on asyncio (trio): no timeout
-                task = None
+                loop = None
+            task = ex.task = None if loop is None else _current_task(loop)
             if task is not None:
                 watchdog = self._watchdog
-                loop = task.get_loop()
                 if watchdog is None or watchdog.loop is not loop:
-                    watchdog = self._watchdog = _Watchdog(loop, gw.integration_timeout)
-                watchdog.watch(ex)
+                    watchdog = self._watchdog = _Watchdog(task.get_loop(), gw.integration_timeout)
+                watchdog.watched[ex] = watchdog.loop.time() + watchdog.timeout
+                if watchdog.handle is None:
+                    watchdog.start()
         answer: Deny | None = None
         try:
             await self.app(scope, receive, ex.send)
@@ -247,20 +263,8 @@ class GatewayMiddleware:
                 gw.complete_hooks(plan, ctx._req(), ctx)
 
     def _request(self, scope: Scope, receive: Receive, path: str) -> Request:
-        client = scope.get("client")
         gw = self.gateway
-        return Request(
-            method=scope["method"],
-            path=path,
-            raw_path=scope.get("raw_path") or path.encode("utf-8", "surrogateescape"),
-            query_string=scope.get("query_string", b""),
-            scheme=scope.get("scheme", "http"),
-            peer=client[0] if client else None,
-            raw=scope,
-            raw_headers=scope.get("headers") or (),
-            proxies=gw.proxies,
-            body_reader=_Body(receive, gw.max_body_size),
-        )
+        return Request._from_scope(scope, path, gw.proxies, _Body(receive, gw.max_body_size))
 
 
 class _Exchange:
@@ -335,7 +339,10 @@ class _Watchdog:
     def watch(self, ex: _Exchange) -> None:
         self.watched[ex] = self.loop.time() + self.timeout
         if self.handle is None:
-            self.handle = self.loop.call_later(self.tick, self._check)
+            self.start()
+
+    def start(self) -> None:
+        self.handle = self.loop.call_later(self.tick, self._check)
 
     def forget(self, ex: _Exchange) -> None:
         self.watched.pop(ex, None)

@@ -22,6 +22,10 @@ with ``effect.run_sync()``; an effect is the only place where sync and async cod
 
 Effects that share a ``batcher`` (for example token-bucket hits against one storage) are
 performed together in one round trip when several policies of a phase yield them at once.
+
+An effect whose ``inline`` attribute is true (or whose batcher's is) promises that
+``run_sync`` (``run_many_sync``) never blocks, in-memory work only: both drivers then perform
+it on the spot, without a round trip through the driver.
 """
 
 from __future__ import annotations
@@ -82,6 +86,11 @@ class ReadBody:
 
     def __init__(self, request: Request) -> None:
         self.request = request
+
+    @property
+    def inline(self) -> bool:
+        """True once the body is buffered: reading it again cannot block."""
+        return self.request.body is not None
 
     def run_sync(self) -> bytes:
         body = self.request.body
@@ -146,7 +155,7 @@ class Call(Generic[T]):
         user = yield Call(db.fetch_user, user_id, timeout=2.0)
     """
 
-    __slots__ = ("args", "blocking", "func", "timeout")
+    __slots__ = ("args", "blocking", "func", "inline", "timeout")
     batcher = None
 
     def __init__(
@@ -160,6 +169,8 @@ class Call(Generic[T]):
         self.args = args
         self.blocking = blocking
         self.timeout = timeout
+        # A plain function that does not block runs where the flow is, even under ASGI.
+        self.inline = not blocking and timeout is None and not inspect.iscoroutinefunction(func)
 
     def run_sync(self) -> T:
         if self.timeout is not None:

@@ -500,6 +500,15 @@ def _advance(
             return "done", _policy_failed(policy, exc)
         if getattr(effect, "batcher", None) is not None:
             return "wait", effect
+        if getattr(effect, "inline", False):
+            # Non-blocking by its own promise: performed here, without a driver round trip.
+            try:
+                value, is_error = effect.run_sync(), False
+            except (ClientDisconnect, BodyTooLarge):
+                raise
+            except Exception as exc:
+                value, is_error = exc, True
+            continue
         outcome = (yield [effect])[0]
         value, is_error = outcome, isinstance(outcome, BaseException)
 
@@ -547,7 +556,11 @@ def _run_phase(
             _close(waiting)
             return decision
     while waiting:
-        outcomes = yield [s.effect for s in waiting]
+        effects = [s.effect for s in waiting]
+        if all(getattr(e.batcher, "inline", False) for e in effects):
+            outcomes = perform_sync(effects)  # in-memory batchers: no driver round trip
+        else:
+            outcomes = yield effects
         still: list[_Suspended] = []
         for i, (s, outcome) in enumerate(zip(waiting, outcomes)):
             state, value = yield from _advance(

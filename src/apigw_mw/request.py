@@ -207,6 +207,30 @@ class Request:
         self._body: bytes | None = None
         self._body_reader = body_reader
 
+    @classmethod
+    def _from_scope(
+        cls, scope: Any, path: str, proxies: TrustedProxies | None, body_reader: Any
+    ) -> Request:
+        """The ASGI adapter's constructor: the scope's fields, without keyword parsing."""
+        self = cls.__new__(cls)
+        self.method = scope["method"]
+        self.path = path
+        self.raw_path = scope.get("raw_path") or path.encode("utf-8", "surrogateescape")
+        self.query_string = scope.get("query_string", b"")
+        self.scheme = scope.get("scheme", "http")
+        client = scope.get("client")
+        self.peer = client[0] if client else None
+        self.raw = scope
+        self.content_length = None
+        self._raw_headers = scope.get("headers") or ()
+        self._headers = None
+        self._proxies = proxies
+        self._query = None
+        self._client = False
+        self._body = None
+        self._body_reader = body_reader
+        return self
+
     @property
     def headers(self) -> Headers:
         """The request headers (case-insensitive)."""
