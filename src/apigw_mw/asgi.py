@@ -284,14 +284,16 @@ class _Exchange:
         self.rid = (b"x-amzn-requestid", ctx.request_id.encode("latin-1"))
         self.app_start = perf_counter()
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # A plain function handing back the server's awaitable: no coroutine of our own
+        # per message.
         if self.cut:
-            return
+            return _nothing()
         kind = message["type"]
         if kind == "http.response.start":
             limited = self.limited
             if self.started or (limited is not None and limited.exceeded):
-                return
+                return _nothing()
             self.started = True
             status = message["status"]
             headers = [*(message.get("headers") or ()), self.rid]
@@ -306,11 +308,11 @@ class _Exchange:
             message["headers"] = headers
         elif kind == "http.response.body":
             if not self.started:
-                return
+                return _nothing()
             if self.plan.complete_hooks:
                 ctx = self.ctx
                 ctx.response_length = (ctx.response_length or 0) + len(message.get("body", b""))
-        await self._send(message)
+        return self._send(message)
 
     def expire(self) -> None:
         """Called by the watchdog once the deadline passed without a response start."""
@@ -356,6 +358,10 @@ class _Watchdog:
             if not ex.started:
                 ex.expire()
         self.handle = self.loop.call_later(self.tick, self._check) if watched else None
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _respond(
