@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"apigw_mw.commands.{name}")
-        except ImportError:  # a command whose module is not present in this build
+        except ModuleNotFoundError as exc:
+            if exc.name != f"apigw_mw.commands.{name}":
+                raise  # a command's own import failed: say so rather than hide the command
             continue
         module.register(sub)
     return parser
