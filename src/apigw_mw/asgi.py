@@ -56,11 +56,25 @@ class _Body:
         raise RuntimeError("an ASGI body is read by the async driver")
 
     async def read_async(self) -> bytes:
+        message = await self.receive()
+        # The common case: the whole body in one message.
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            body: bytes = message.get("body", b"")
+            if self.limit is not None and len(body) > self.limit:
+                raise BodyTooLarge
+            return body
+        return await self._read_rest(message)
+
+    async def _read_rest(self, message: Message) -> bytes:
+        """The rest of a body sent in several messages; ``message`` is the first one."""
         chunks: list[bytes] = []
         size = 0
         limit = self.limit
+        first = True
         while True:
-            message = await self.receive()
+            if not first:
+                message = await self.receive()
+            first = False
             kind = message["type"]
             if kind == "http.disconnect":
                 raise ClientDisconnect

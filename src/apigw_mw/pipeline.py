@@ -24,6 +24,7 @@ from time import perf_counter_ns
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from .effects import ReadBody
 from .exceptions import ConfigurationError, GatewayError
 from .responses import Allow, Deny, Respond
 from .routes import RouteMatch, RoutePattern, Router, Stage
@@ -48,6 +49,7 @@ Decision = Allow | Deny | Respond | None
 Outcome = Deny | Respond | None
 Flow = Generator[Any, Any, Decision]
 _CONFIG_ERROR = Deny("API_CONFIGURATION_ERROR")
+_BODY_TOO_LARGE = Deny("REQUEST_TOO_LARGE")
 _MISSING_ROUTE = Deny("MISSING_AUTHENTICATION_TOKEN")
 
 
@@ -341,21 +343,59 @@ class Pipeline:
 
     def run_sync(self, plan: _Plan, request: Request, ctx: RequestContext) -> Outcome:
         """The plan's outcome, performing effects with blocking calls (WSGI)."""
-        if plan.simple and ctx.policy_trace is None:
-            outcome = _run_simple(plan, request, ctx)
-            if type(outcome) is not _Pending:
-                return outcome  # type: ignore[return-value]
-            return drive_sync(_resume(outcome, plan, request, ctx))
-        return drive_sync(self.flow(plan, request, ctx))
+        if not plan.simple or ctx.policy_trace is not None:
+            return drive_sync(self.flow(plan, request, ctx))
+        outcome = _run_simple(plan, request, ctx, 0, 0)
+        while type(outcome) is _Pending:
+            p = outcome
+            state, x = _step(p.policy, p.gen, None, False)
+            value: Any
+            while state == "effect" and type(x) is ReadBody:
+                try:
+                    value, error = x.run_sync(), False
+                except BodyTooLarge:
+                    p.gen.close()
+                    return _BODY_TOO_LARGE
+                except ClientDisconnect:
+                    raise
+                except Exception as exc:
+                    value, error = exc, True
+                state, x = _step(p.policy, p.gen, value, error)
+            if state == "effect":
+                return drive_sync(_resume(p, x, plan, request, ctx))
+            decision = _terminal(x, ctx, p.policy)
+            if decision is not None:
+                return decision
+            outcome = _run_simple(plan, request, ctx, p.phase, p.position + 1)
+        return outcome  # type: ignore[return-value]  # not a _Pending: the loop ended
 
     async def run_async(self, plan: _Plan, request: Request, ctx: RequestContext) -> Outcome:
         """The plan's outcome, awaiting effects (ASGI)."""
-        if plan.simple and ctx.policy_trace is None:
-            outcome = _run_simple(plan, request, ctx)
-            if type(outcome) is not _Pending:
-                return outcome  # type: ignore[return-value]
-            return await drive_async(_resume(outcome, plan, request, ctx))
-        return await drive_async(self.flow(plan, request, ctx))
+        if not plan.simple or ctx.policy_trace is not None:
+            return await drive_async(self.flow(plan, request, ctx))
+        outcome = _run_simple(plan, request, ctx, 0, 0)
+        while type(outcome) is _Pending:
+            p = outcome
+            state, x = _step(p.policy, p.gen, None, False)
+            value: Any
+            while state == "effect" and type(x) is ReadBody:
+                try:
+                    value, error = await x.run_async(), False
+                except BodyTooLarge:
+                    p.gen.close()
+                    return _BODY_TOO_LARGE
+                except ClientDisconnect:
+                    raise
+                except Exception as exc:
+                    value, error = exc, True
+                state, x = _step(p.policy, p.gen, value, error)
+            if state == "effect":
+                return await drive_async(_resume(p, x, plan, request, ctx))
+            decision = _terminal(x, ctx, p.policy)
+            if decision is not None:
+                return decision
+            outcome = _run_simple(plan, request, ctx, p.phase, p.position + 1)
+        return outcome  # type: ignore[return-value]  # not a _Pending: the loop ended
 
     # -- the flow both drivers run ----------------------------------------------------------
 
@@ -382,10 +422,15 @@ class _Pending:
         self.gen = gen
 
 
-def _run_simple(plan: _Plan, request: Request, ctx: RequestContext) -> Outcome | _Pending:
-    """Run a plan whose flows are plain functions: no generators, no batches."""
-    for i, phase in enumerate(plan.phases):
-        for j, policy in enumerate(phase):
+def _run_simple(
+    plan: _Plan, request: Request, ctx: RequestContext, phase: int, position: int
+) -> Outcome | _Pending:
+    """Run a plan of plain flows from ``(phase, position)``: no generators, no batches."""
+    phases = plan.phases
+    for i in range(phase, len(phases)):
+        policies = phases[i]
+        for j in range(position if i == phase else 0, len(policies)):
+            policy = policies[j]
             try:
                 result = policy.flow(request, ctx)
             except (ClientDisconnect, BodyTooLarge):
@@ -402,12 +447,34 @@ def _run_simple(plan: _Plan, request: Request, ctx: RequestContext) -> Outcome |
     return None
 
 
+def _step(policy: Any, gen: Any, value: Any, is_error: bool) -> tuple[str, Any]:
+    """Advance a flow past its inline effects: ``("effect", e)`` or ``("done", decision)``."""
+    while True:
+        try:
+            effect = gen.throw(value) if is_error else gen.send(value)
+        except StopIteration as stop:
+            return "done", stop.value
+        except (ClientDisconnect, BodyTooLarge):
+            raise
+        except Exception as exc:
+            return "done", _policy_failed(policy, exc)
+        if getattr(effect, "batcher", None) is None and getattr(effect, "inline", False):
+            try:
+                value, is_error = effect.run_sync(), False
+            except (ClientDisconnect, BodyTooLarge):
+                raise
+            except Exception as exc:
+                value, is_error = exc, True
+            continue
+        return "effect", effect
+
+
 def _resume(
-    pending: _Pending, plan: _Plan, request: Request, ctx: RequestContext
+    pending: _Pending, effect: Any, plan: _Plan, request: Request, ctx: RequestContext
 ) -> Generator[list[Any], list[Any], Outcome]:
-    """Finish a plan from the flow that turned out to be a generator."""
+    """Finish a plan from a flow that has just yielded ``effect``."""
     rest = plan.phases[pending.phase][pending.position :]
-    decision = yield from _run_phase(rest, request, ctx, pending.gen)
+    decision = yield from _run_phase(rest, request, ctx, (pending.gen, effect))
     if decision is not None:
         return decision
     for phase in plan.phases[pending.phase + 1 :]:
@@ -513,6 +580,25 @@ def _advance(
         value, is_error = outcome, isinstance(outcome, BaseException)
 
 
+def _from_effect(
+    policy: Any, gen: Generator[Any, Any, Any], effect: Any
+) -> Generator[list[Any], list[Any], tuple[Any, Any]]:
+    """Like :func:`_advance`, for a flow that has already yielded ``effect``."""
+    if getattr(effect, "batcher", None) is not None:
+        return "wait", effect
+    if getattr(effect, "inline", False):
+        try:
+            value, is_error = effect.run_sync(), False
+        except (ClientDisconnect, BodyTooLarge):
+            raise
+        except Exception as exc:
+            value, is_error = exc, True
+    else:
+        value = (yield [effect])[0]
+        is_error = isinstance(value, BaseException)
+    return (yield from _advance(policy, gen, value, is_error))
+
+
 def _record(ctx: RequestContext, policy: Any, started: int, outcome: Any) -> None:
     trace = ctx.policy_trace
     if trace is not None:
@@ -520,15 +606,31 @@ def _record(ctx: RequestContext, policy: Any, started: int, outcome: Any) -> Non
 
 
 def _run_phase(
-    policies: list[Any], request: Request, ctx: RequestContext, first: Any = None
+    policies: list[Any],
+    request: Request,
+    ctx: RequestContext,
+    first: tuple[Any, Any] | None = None,
 ) -> Generator[list[Any], list[Any], Outcome]:
-    """Run one phase. ``first``, when given, is the first policy's flow, already called."""
+    """Run one phase. ``first``, when given, is ``(flow, effect)``: the first policy's flow,
+    already started, and the effect it has just yielded."""
     waiting: list[_Suspended] = []
     tracing = ctx.policy_trace is not None
     for policy in policies:
         started = perf_counter_ns() if tracing else 0
         if first is not None:
-            result, first = first, None
+            gen, effect = first
+            first = None
+            state, value = yield from _from_effect(policy, gen, effect)
+            if state == "wait":
+                waiting.append(_Suspended(policy, gen, value, started))
+                continue
+            decision = _terminal(value, ctx, policy)
+            if tracing:
+                _record(ctx, policy, started, decision)
+            if decision is not None:
+                _close(waiting)
+                return decision
+            continue
         else:
             try:
                 result = policy.flow(request, ctx)
