@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from apigw_mw import (
+    Allow,
     BasePolicy,
     GatewayMiddleware,
     IamAuthorizer,
@@ -79,6 +80,18 @@ class _NoOp(BasePolicy):
 
     def flow(self, request: Any, context: Any) -> None:
         return None
+
+
+_CERT = Allow(identity={"client_cert": {"subjectDN": "CN=client.bench"}})
+
+
+class _ConstantCert(BasePolicy):
+    """Admits with a fixed ``client_cert``: what the pipeline itself costs to set identity."""
+
+    phase = Phase.MTLS
+
+    def flow(self, request: Any, context: Any) -> Allow:
+        return _CERT
 
 
 def scenarios() -> list[Scenario]:
@@ -157,6 +170,18 @@ def scenarios() -> list[Scenario]:
             budget=0.25,
             budget_kind="added",
             budget_ref=ref,
+        ),
+        # Not a budget: the share of the mTLS figure that is the pipeline's own cost of
+        # writing an identity (context identity and client address through trusted proxies).
+        Scenario(
+            "iam: identity written, no check (reference)",
+            "asgi",
+            GatewayMiddleware(
+                bare, policies=[_ConstantCert()], stage=STAGE, trusted_proxies=["127.0.0.1"]
+            ),
+            cert_call,
+            baseline=base,
+            group="iam",
         ),
         Scenario(
             "iam: resource policy, 3 IP ranges",

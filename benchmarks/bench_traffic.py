@@ -97,17 +97,22 @@ class _PingApp:
         await _ok(send)
 
 
+def _phase_effect(store: RedisStore) -> Hits:
+    """Two buckets and a quota, as one policy's effect: built once, as the policies do."""
+    levels = (Level("b:route", 1e9, 10**9, "r"), Level("b:client", 1e9, 10**9, "c"))
+    quotas = (QuotaLevel("q:key", 10**9, 0, 0, "q"),)
+    return Hits(store, levels, quotas, _Owner, None)
+
+
 class _PhaseApp:
     """A bare ASGI app that decides one phase in Redis per request: two buckets + a quota."""
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
-        self.levels = (Level("b:route", 1e9, 10**9, "r"), Level("b:client", 1e9, 10**9, "c"))
-        self.quotas = (QuotaLevel("q:key", 10**9, 0, 0, "q"),)
+        self.effect = _phase_effect(store)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        effect = Hits(self.store, self.levels, self.quotas, _Owner, None)  # type: ignore[arg-type]
-        await self.store.run_many_async([effect])
+        await self.store.run_many_async([self.effect])
         await _ok(send)
 
 
@@ -132,11 +137,10 @@ def _wsgi_ping(store: RedisStore) -> Any:
 
 
 def _wsgi_phase(store: RedisStore) -> Any:
-    levels = (Level("b:route", 1e9, 10**9, "r"), Level("b:client", 1e9, 10**9, "c"))
-    quotas = (QuotaLevel("q:key", 10**9, 0, 0, "q"),)
+    effect = _phase_effect(store)
 
     def app(environ: Any, start_response: Any) -> list[bytes]:
-        store.run_many_sync([Hits(store, levels, quotas, _Owner, None)])  # type: ignore[arg-type]
+        store.run_many_sync([effect])
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
 

@@ -350,9 +350,18 @@ class Pipeline:
             p = outcome
             state, x = _step(p.policy, p.gen, None, False)
             value: Any
-            while state == "effect" and type(x) is ReadBody:
+            alone = p.position == len(plan.phases[p.phase]) - 1
+            while state == "effect" and (
+                type(x) is ReadBody or (alone and getattr(x, "batcher", None) is not None)
+            ):
+                # A body read, or the effects of the last flow of its phase (nothing left to
+                # batch them with): performed here, without the batch machinery.
                 try:
-                    value, error = x.run_sync(), False
+                    if type(x) is ReadBody:
+                        value, error = x.run_sync(), False
+                    else:
+                        value = x.batcher.run_many_sync([x])[0]
+                        error = isinstance(value, BaseException)
                 except BodyTooLarge:
                     p.gen.close()
                     return _BODY_TOO_LARGE
@@ -378,9 +387,22 @@ class Pipeline:
             p = outcome
             state, x = _step(p.policy, p.gen, None, False)
             value: Any
-            while state == "effect" and type(x) is ReadBody:
+            alone = p.position == len(plan.phases[p.phase]) - 1
+            while state == "effect" and (
+                type(x) is ReadBody or (alone and getattr(x, "batcher", None) is not None)
+            ):
+                # A body read, or the effects of the last flow of its phase (nothing left to
+                # batch them with): performed here, without the batch machinery.
                 try:
-                    value, error = await x.run_async(), False
+                    if type(x) is ReadBody:
+                        value, error = await x.run_async(), False
+                    else:
+                        batcher = x.batcher
+                        if getattr(batcher, "inline", False):
+                            value = batcher.run_many_sync([x])[0]
+                        else:
+                            value = (await batcher.run_many_async([x]))[0]
+                        error = isinstance(value, BaseException)
                 except BodyTooLarge:
                     p.gen.close()
                     return _BODY_TOO_LARGE

@@ -346,6 +346,42 @@ class _Checker:
             self._walk(sub, resolver, base, where + _pointer(parts), draft)
 
 
+def _reaches_format(schema: Any, resolver: Any) -> bool:
+    """Whether ``schema`` can reach, through its subschemas and ``$ref``s, a ``format`` that
+    jsonschema-rs checks and API Gateway does not.
+
+    jsonschema-rs costs about a third more per call once any Python format function is
+    registered, used or not, so the neutralising functions are registered only for schemas
+    that need them. Anything this walk cannot follow for sure (a reference it cannot
+    resolve, a nested ``$id`` that moves the base URI, a dynamic reference) counts as
+    reaching one.
+    """
+    names = _RS_NATIVE_FORMATS
+    seen: set[int] = set()
+    stack: list[tuple[Any, Any, bool]] = [(schema, resolver, True)]
+    while stack:
+        node, res, root = stack.pop()
+        if not isinstance(node, Mapping) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        value = node.get("format")
+        if isinstance(value, str) and value in names:
+            return True
+        if "$dynamicRef" in node or "$recursiveRef" in node:
+            return True
+        if not root and (isinstance(node.get("$id"), str) or isinstance(node.get("id"), str)):
+            return True
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                resolved = res.lookup(ref)
+            except Exception:
+                return True
+            stack.append((resolved.contents, resolved.resolver, True))
+        stack.extend((sub, res, False) for _, sub in _subschemas(node))
+    return False
+
+
 class _Env:
     """What every schema of one validator shares: the documents ``$ref``s point into (one
     registry for each validator, built once) and the schemas already checked."""
@@ -384,14 +420,19 @@ def _join(base: str, ref: str) -> str:
 
 
 class _Schema:
-    """One compiled body schema: the fast validator when available, and the reference one."""
+    """One compiled body schema: the fast validator when available, and the reference one.
 
-    __slots__ = ("fast", "reference", "source")
+    ``is_valid`` is the request path's check (the fast validator's, else the reference's);
+    only when it fails are the details computed, by :meth:`errors`.
+    """
+
+    __slots__ = ("fast", "is_valid", "reference", "source")
 
     def __init__(self, fast: Any, reference: Any, source: Any) -> None:
         self.fast = fast
         self.reference = reference
         self.source = source
+        self.is_valid: Callable[[Any], bool] = (fast if fast is not None else reference).is_valid
 
     def errors(self, instance: Any) -> list[str] | None:
         """``None`` when valid, else up to ten ``pointer: message`` details."""
@@ -434,11 +475,15 @@ def _compile_schema(
     )
     fast = None
     if env.engine != "jsonschema":
-        fast = _compile_fast(schema, draft, env, field_name, required=env.engine != "auto")
+        fast = _compile_fast(
+            schema, draft, env, field_name, required=env.engine != "auto", resolver=resolver
+        )
     return _Schema(fast, reference, schema)
 
 
-def _compile_fast(schema: Any, draft: str, env: _Env, field_name: str, required: bool) -> Any:
+def _compile_fast(
+    schema: Any, draft: str, env: _Env, field_name: str, required: bool, resolver: Any
+) -> Any:
     try:
         import jsonschema_rs
     except ImportError as exc:
@@ -465,7 +510,7 @@ def _compile_fast(schema: Any, draft: str, env: _Env, field_name: str, required:
         return classes[draft](
             schema,
             validate_formats=True,
-            formats=_RS_FORMATS,
+            formats=_RS_FORMATS if _reaches_format(schema, resolver) else None,
             registry=env.rs_registry(jsonschema_rs, drafts),
         )
     except Exception as exc:
@@ -544,10 +589,40 @@ def _media_type(value: str) -> str:
     return value.partition(";")[0].strip().lower()
 
 
-class _Entry:
-    """A route's compiled model, with the mode applied."""
+# WSGI header names whose environ value differs from the last value of the header mapping
+# (servers join repeated API keys; the content headers have CGI names of their own).
+_CGI_SPECIAL: Final = frozenset({"content-type", "content-length", "x-api-key"})
 
-    __slots__ = ("bodies", "default", "headers", "missing_all", "path", "query", "route")
+
+def _header_keys(name: str) -> tuple[str, bytes | None, str | None]:
+    if not name.isascii():  # keep the header mapping's Unicode case folding
+        return name, None, None
+    special = name in _CGI_SPECIAL or "_" in name
+    return name, name.encode("ascii"), None if special else "HTTP_" + name.upper().replace("-", "_")
+
+
+class _Entry:
+    """A route's compiled model, with the mode applied, in the shape the request path reads.
+
+    ``params`` says whether any parameter is required; ``bodies`` maps lower-case media
+    types to schemas, or is ``None`` when the body is not checked; ``json`` is the schema for
+    a request without ``Content-Type``; ``idle`` marks a model that checks nothing.
+    ``header_keys`` holds, per required header, its ASGI name and its WSGI environ key
+    (``None`` where the environ needs the full header mapping).
+    """
+
+    __slots__ = (
+        "bodies",
+        "default",
+        "header_keys",
+        "headers",
+        "idle",
+        "json",
+        "params",
+        "path",
+        "query",
+        "route",
+    )
 
     def __init__(
         self,
@@ -561,9 +636,13 @@ class _Entry:
         self.route = route
         self.query = query
         self.headers = headers
+        self.header_keys = tuple(_header_keys(h) for h in headers)
         self.path = path
+        self.params = bool(query or headers or path)
         self.bodies = bodies
         self.default = default
+        self.json = None if bodies is None else bodies.get(DEFAULT_CONTENT_TYPE) or default
+        self.idle = not self.params and bodies is None
 
 
 _EMPTY_BODY: Final = re.compile(rb"^[ \t\r\n]*$")
@@ -580,14 +659,23 @@ def _parse_reference(body: bytes) -> Any:
     return _DECODER.decode(body.decode("utf-8"))
 
 
-def _parser() -> Callable[[bytes], Any]:
-    """orjson when installed (the ``fast`` extra), falling back to the reference parser for
-    what orjson refuses, so that the verdict is always the reference parser's."""
+def _fast_loads() -> Callable[[bytes], Any]:
+    """orjson's parser when installed (the ``fast`` extra), else the reference parser."""
     try:
         import orjson
     except ImportError:
         return _parse_reference
-    loads = orjson.loads
+    return orjson.loads
+
+
+def _parser() -> Callable[[bytes], Any]:
+    """orjson when installed (the ``fast`` extra), falling back to the reference parser for
+    what orjson refuses, so that the verdict is always the reference parser's."""
+    loads = _fast_loads()
+    if loads is _parse_reference:
+        return _parse_reference
+    import orjson
+
     decode_error = orjson.JSONDecodeError
 
     def parse(body: bytes) -> Any:
@@ -600,6 +688,7 @@ def _parser() -> Callable[[bytes], Any]:
 
 
 _parse: Callable[[bytes], Any] = _parser()
+_loads: Callable[[bytes], Any] = _fast_loads()
 
 
 class RequestValidator(BasePolicy):
@@ -712,6 +801,7 @@ class RequestValidator(BasePolicy):
             )
         self._router = Router(RoutePattern.parse(k) for k in self._entries)
         self._base_path: str | None = None
+        self._base_slash = ""
 
     @property
     def fast(self) -> bool:
@@ -728,7 +818,8 @@ class RequestValidator(BasePolicy):
         import copy
 
         bound = copy.copy(self)
-        bound._base_path = settings.stage.base_path
+        bound._base_path = base = settings.stage.base_path
+        bound._base_slash = "" if base is None else base + "/"
         return bound
 
     def describe(self, route: str) -> str | None:
@@ -749,19 +840,20 @@ class RequestValidator(BasePolicy):
         return "validate " + "; ".join(parts)
 
     # -- request path ------------------------------------------------------------------------
+    #
+    # Everything a request needs is precomputed per route in _Entry; the common case (a
+    # route key with a model, a JSON body that is valid) costs two dictionary lookups, one
+    # header scan, the body read, one parse and one ``is_valid`` call.
 
-    def _entry_for(self, request: Request, context: RequestContext) -> _Entry | None:
-        key = context.route_key
-        if key is not None:
-            entry = self._entries.get(key)
-            if entry is not None:
-                return entry
+    def _entry_for(self, request: Request) -> _Entry | None:
+        """The model of the most specific of this validator's routes matching ``request``
+        (when the request's route key has no model here)."""
         path = request.path
         base = self._base_path
         if base is not None:
             if path == base:
                 path = "/"
-            elif path.startswith(base + "/"):
+            elif path.startswith(self._base_slash):
                 path = path[len(base) :]
             else:
                 return None
@@ -771,11 +863,16 @@ class RequestValidator(BasePolicy):
     def flow(
         self, request: Request, context: RequestContext
     ) -> Decision | Generator[Any, Any, Decision]:
-        entry = self._entry_for(request, context)
+        key = context.route_key
+        entry = self._entries.get(key) if key is not None else None
         if entry is None:
+            entry = self._entry_for(request)
+            if entry is None:
+                return None
+        if entry.idle:
             return None
-        if entry.query or entry.headers or entry.path:
-            missing = self._missing(entry, request, context)
+        if entry.params:
+            missing = _missing(entry, request, context)
             if missing:
                 message = f"Missing required request parameters: [{', '.join(missing)}]"
                 return Deny("BAD_REQUEST_PARAMETERS", message, validation_error=message)
@@ -783,40 +880,43 @@ class RequestValidator(BasePolicy):
         if bodies is None:
             return None
         ctype = _content_type(request)
-        media = DEFAULT_CONTENT_TYPE if ctype is None else _media_type(ctype)
-        schema = bodies.get(media) or entry.default
+        if ctype is None:
+            schema = entry.json
+        else:
+            # The raw value is usually the bare media type: try it before normalising.
+            schema = bodies.get(ctype)
+            if schema is None:
+                schema = bodies.get(_media_type(ctype)) or entry.default
         if schema is None:
             if self._reject:
+                media = DEFAULT_CONTENT_TYPE if ctype is None else _media_type(ctype)
                 detail = f"Content type {media!r} is not supported on this route"
                 return Deny("UNSUPPORTED_MEDIA_TYPE", validation_error=detail)
             return None
-        return self._check_body(request, schema)
-
-    def _missing(self, entry: _Entry, request: Request, context: RequestContext) -> list[str]:
-        missing: list[str] = []
-        params = context.path_parameters
-        for name in entry.path:
-            if not params.get(name, "").strip():
-                missing.append(name)
-        if entry.query:
-            query = request.query
-            for name in entry.query:
-                values = query.get(name)
-                # Like the single-value view API Gateway gives the backend: the last value.
-                if not values or not values[-1].strip():
-                    missing.append(name)
-        if entry.headers:
-            headers = request.headers
-            for name in entry.headers:
-                values = headers.getlist(name)
-                if not values or not values[-1].strip():
-                    missing.append(name)
-        return missing
-
-    def _check_body(self, request: Request, schema: _Schema) -> Generator[Any, Any, Decision]:
         body = request.body
         if body is None:
-            body = yield request.read_body()
+            return self._read_and_check(request, schema)
+        # Another policy has read the body already: no effect needed.
+        try:
+            if schema.is_valid(_loads(body)):
+                return None
+        except Exception:
+            pass
+        return self._check(schema, body)
+
+    def _read_and_check(self, request: Request, schema: _Schema) -> Generator[Any, Any, Decision]:
+        body = yield request.read_body()
+        # The common case, a valid JSON body, costs one parse and one ``is_valid``. Anything
+        # else (an empty body, JSON the fast parser refuses, an invalid document, a recursion
+        # limit) is decided by _check, which handles each case and computes the detail.
+        try:
+            if schema.is_valid(_loads(body)):
+                return None
+        except Exception:
+            pass
+        return self._check(schema, body)
+
+    def _check(self, schema: _Schema, body: bytes) -> Decision:
         detail = _body_errors(schema, body)
         if detail is None:
             return None
@@ -826,16 +926,62 @@ class RequestValidator(BasePolicy):
         )
 
 
+def _missing(entry: _Entry, request: Request, context: RequestContext) -> list[str]:
+    missing: list[str] = []
+    if entry.path:
+        params = context.path_parameters
+        for name in entry.path:
+            if not params.get(name, "").strip():
+                missing.append(name)
+    if entry.query:
+        query = request.query
+        for name in entry.query:
+            values = query.get(name)
+            # Like the single-value view API Gateway gives the backend: the last value.
+            if not values or not values[-1].strip():
+                missing.append(name)
+    for name, raw_name, cgi_key in entry.header_keys:
+        value = _last_header(request, name, raw_name, cgi_key)
+        if value is None or not value.strip():
+            missing.append(name)
+    return missing
+
+
+def _last_header(
+    request: Request, name: str, raw_name: bytes | None, cgi_key: str | None
+) -> str | None:
+    """The last value of one header, read from the ASGI scope or WSGI environ without
+    building the header mapping (``None`` when absent)."""
+    raw = request.raw
+    if raw_name is not None and isinstance(raw, dict):
+        if "REQUEST_METHOD" in raw:
+            if cgi_key is not None:
+                return raw.get(cgi_key)
+        else:
+            headers = raw.get("headers")
+            if headers is not None:
+                found = None
+                for k, v in headers:
+                    if k == raw_name or k.lower() == raw_name:
+                        found = v
+                return None if found is None else found.decode("latin-1")
+    values = request.headers.getlist(name)
+    return values[-1] if values else None
+
+
 def _content_type(request: Request) -> str | None:
     # Read straight from the ASGI scope or WSGI environ: building the header mapping costs
     # more than the rest of the check.
     raw = request.raw
     if isinstance(raw, dict):
         if "REQUEST_METHOD" in raw:
-            value = raw.get("CONTENT_TYPE")
-            return value or None
+            return raw.get("CONTENT_TYPE") or None
         headers = raw.get("headers")
         if headers is not None:
+            for k, v in headers:
+                if k == b"content-type":
+                    return v.decode("latin-1")  # type: ignore[no-any-return]
+            # Names a server did not lower-case, as the header mapping would find them.
             found = header_value(headers, b"content-type")
             return None if found is None else found.decode("latin-1")
     return request.headers.get("content-type")  # type: ignore[no-any-return]

@@ -256,6 +256,86 @@ def test_repeated_certificate_header_is_refused(adapter) -> None:
     assert r.seen == []
 
 
+def test_certificate_header_names_in_any_case_in_the_asgi_scope() -> None:
+    import anyio
+
+    p = pki()
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    gw = GatewayMiddleware(
+        app,
+        policies=[MutualTls(p.truststore, source="header", header="X-SSL-Client-Cert")],
+        trusted_proxies=["127.0.0.1"],
+    )
+    value = _nginx(p.client_direct.pem).encode()
+
+    def call(headers: list[tuple[bytes, bytes]]) -> int:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "headers": headers,
+            "client": ("127.0.0.1", 51000),
+        }
+        status: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        anyio.run(gw, scope, receive, send)
+        return status[0]
+
+    # ASGI asks servers for lower-case names but does not require them.
+    assert call([(b"X-SSL-Client-Cert", value)]) == 200
+    assert len(seen) == 1
+    # The same header twice, whatever the case of each name, is a repeated header.
+    assert call([(b"X-SSL-Client-Cert", value), (b"x-ssl-client-cert", value)]) == 403
+    assert len(seen) == 1
+
+
+def test_client_cert_is_one_read_only_mapping_per_certificate(make_client) -> None:
+    import copy
+    import json
+    import pickle
+
+    p = pki()
+    client = make_client(
+        [MutualTls(p.truststore, source="header", header="x-ssl-client-cert")],
+        trusted_proxies=["127.0.0.1"],
+    )
+    headers = {"x-ssl-client-cert": _nginx(p.client.pem, p.intermediate.pem)}
+    first = client.get("/", headers=headers)
+    second = client.get("/", headers=headers)
+    assert (first.status_code, second.status_code) == (200, 200)
+    cert = first.seen[0].context.identity.client_cert
+    assert second.seen[0].context.identity.client_cert is cert
+    with pytest.raises(TypeError, match="read-only"):
+        cert["subjectDN"] = "CN=someone else"
+    with pytest.raises(TypeError, match="read-only"):
+        cert["validity"]["notAfter"] = "never"
+    with pytest.raises(TypeError, match="read-only"):
+        cert.pop("clientCertPem")
+    assert cert["subjectDN"] == "CN=client.example.com,O=Example Corp,C=US"
+    # A copy is an ordinary dict the app may change; the mapping serialises as one.
+    mine = dict(cert)
+    mine["subjectDN"] = "changed"
+    assert cert["subjectDN"] != "changed"
+    assert json.loads(json.dumps(cert)) == {**cert, "validity": dict(cert["validity"])}
+    assert copy.deepcopy(cert) == cert
+    assert pickle.loads(pickle.dumps(cert)) == cert
+
+
 # -- cache, revocation, checks -----------------------------------------------------------------
 
 

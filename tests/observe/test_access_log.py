@@ -315,3 +315,55 @@ def test_presets_are_documented_verbatim(name: str) -> None:
     page = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
     assert f"`AccessLog.{name}`" in page
     assert getattr(AccessLog, name) in page
+
+
+def test_format_text_is_written_verbatim(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Literal text is copied as is, whatever it looks like: braces, percent signs, quotes,
+    Python expressions, variables with nothing between them, a variable twice."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    fmt = (
+        "x {y} %s %(name)s $context.requestId$context.status '$context.httpMethod' "
+        '{__import__("os").getcwd()} key=$context.identity.apiKey$context.requestId \\n'
+    )
+    client = make_client([AccessLog(fmt), Learn(), ROUTES])
+    r = client.get("/pets/1")
+    rid = r.headers["x-amzn-requestid"]
+    [line] = lines(caplog)
+    assert line == (
+        f"x {{y}} %s %(name)s {rid}200 'GET' {{__import__(\"os\").getcwd()}} key=-{rid} \\n"
+    )
+
+
+def test_formats_escape_the_request_time_each_their_own_way(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The formatted time is kept for the second, escaped for each format on its own: CSV
+    quotes it (it holds a space), CLF and JSON write it as is."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    client = make_client(
+        [AccessLog(AccessLog.CSV), AccessLog(AccessLog.CLF), AccessLog(AccessLog.JSON), ROUTES]
+    )
+    for _ in range(3):
+        client.get("/pets/1")
+    got = lines(caplog)
+    assert len(got) == 9
+    for line in got[0::3]:
+        assert REQUEST_TIME.match(parse_csv(line)["time"])
+        assert ',"' in line
+    for line in got[1::3]:
+        assert REQUEST_TIME.match(parse_clf(line)["time"])
+    for line in got[2::3]:
+        assert REQUEST_TIME.match(parse_json(line)["requestTime"])
+
+
+def test_only_the_unsafe_value_is_escaped(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    fmt = '$context.requestId "$context.identity.userAgent" $context.status $context.path'
+    client = make_client([AccessLog(fmt), ROUTES])
+    r = client.get("/pets/1", headers={"user-agent": 'say "hi"'})
+    [line] = lines(caplog)
+    assert line == f'{r.headers["x-amzn-requestid"]} "say \\"hi\\"" 200 /pets/1'

@@ -9,6 +9,7 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from apigw_mw import ConfigurationError, Metrics, RouteTable, Stage
+from apigw_mw.observe import metrics as metrics_module
 from apigw_mw.observe.tracing import OFF
 
 from .conftest import DenyWhen, Learn
@@ -101,3 +102,45 @@ def test_bad_meter_provider_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError) as info:
         Metrics("prometheus")  # type: ignore[arg-type]
     assert info.value.field == "Metrics.meter_provider"
+
+
+def test_unknown_method_is_recorded_as_other(make_client: Any, metric_reader: Any) -> None:
+    provider, reader = metric_reader
+    client = make_client([Metrics(provider), ROUTES])
+    r = client.request("PURGE", "/pets/1")
+    [dp] = points(reader)["http.server.request.duration"]
+    assert dp.attributes["http.request.method"] == "_OTHER"
+    assert dp.attributes["http.response.status_code"] == r.status_code
+
+
+def test_attributes_stay_right_past_the_attribute_cache(
+    make_client: Any, metric_reader: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attribute sets are kept per kind of request up to a bound; past it they are built
+    per request, and every point still carries its own."""
+    monkeypatch.setattr(metrics_module, "_CACHE_SIZE", 2)
+    provider, reader = metric_reader
+    client = make_client([Metrics(provider), DenyWhen(), ROUTES])
+    kinds = ["", "THROTTLED", "ACCESS_DENIED", "UNAUTHORIZED", "", "THROTTLED", "UNAUTHORIZED"]
+    for kind in kinds:
+        client.get("/pets/1", headers={"x-deny": kind} if kind else {})
+    [bound] = [p for p in client.middleware.gateway.pipeline.policies if isinstance(p, Metrics)]
+    assert len(bound._attributes) == 2
+    got = points(reader)
+    durations = {
+        (dp.attributes["http.response.status_code"], dp.attributes.get("error.type")): dp.count
+        for dp in got["http.server.request.duration"]
+    }
+    assert durations == {
+        (200, None): 2,
+        (429, "THROTTLED"): 2,
+        (403, "ACCESS_DENIED"): 1,
+        (401, "UNAUTHORIZED"): 2,
+    }
+    denials = {
+        (dp.attributes["apigw.response_type"], dp.attributes["http.response.status_code"]): (
+            dp.value
+        )
+        for dp in got["apigw.denials"]
+    }
+    assert denials == {("THROTTLED", 429): 2, ("ACCESS_DENIED", 403): 1, ("UNAUTHORIZED", 401): 2}

@@ -570,3 +570,43 @@ def test_custom_sampler_sees_attributes_at_span_start(make_client: Any) -> None:
     assert [s.attributes["url.path"] for s in traces.spans()] == ["/pets/1"]
     assert sampler.seen[1]["http.route"] == "/pets/{petId}"
     assert sampler.seen[1]["http.request.method"] == "GET"
+
+
+def test_mixed_case_header_names_from_a_lax_asgi_server(traces: Traces) -> None:
+    """ASGI asks servers for lower-case header names; the trace headers and the user agent
+    are found when a server sends them as the client wrote them."""
+    import asyncio
+
+    app = Starlette(routes=[Route("/pets/{petId}", lambda r: PlainTextResponse("ok"))])
+    gateway = GatewayMiddleware(app, policies=[Tracing(traces.provider), ROUTES])
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/pets/1",
+        "raw_path": b"/pets/1",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"Host", b"t"),
+            (b"User-Agent", b"lax-client/2"),
+            (b"X-Amzn-Trace-Id", f"Root={ROOT};Parent=53995c3f42cd8ad8;Sampled=1".encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("t", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(gateway(scope, receive, send))
+    assert sent[0]["status"] == 200
+    [span] = traces.spans()
+    assert (span.context.trace_id, span.parent.span_id) == (TRACE, PARENT)
+    assert span.attributes["user_agent.original"] == "lax-client/2"

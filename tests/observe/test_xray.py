@@ -56,6 +56,16 @@ PARENT = 0x53995C3F42CD8AD8
             TraceHeader(TRACE, PARENT, True),
             id="upper-case-hex",
         ),
+        pytest.param(
+            f"Root={ROOT};Parent=53995c3f42cd8ad8;Sampled=1;",
+            TraceHeader(TRACE, PARENT, True),
+            id="trailing-semicolon",
+        ),
+        pytest.param(
+            f"Sampled=0;Parent=53995c3f42cd8ad8;Root={ROOT}",
+            TraceHeader(TRACE, PARENT, False),
+            id="other-order",
+        ),
     ],
 )
 def test_xray_header_maps_exactly_to_otel_ids(value: str, expected: TraceHeader) -> None:
@@ -71,6 +81,11 @@ BAD_XRAY = [
     pytest.param("Root=1-5759e988-bd862e3fe1be46a99427279z", id="not-hex"),
     pytest.param("Root=1-00000000-000000000000000000000000", id="all-zero-trace"),
     pytest.param(f"Root={ROOT};Parent=0000000000000000", id="all-zero-parent"),
+    pytest.param(
+        "Root=1-00000000-000000000000000000000000;Parent=53995c3f42cd8ad8;Sampled=1",
+        id="all-zero-trace-with-parent",
+    ),
+    pytest.param(f"Root={ROOT};Parent=0000000000000000;Sampled=1", id="all-zero-parent-sampled"),
     pytest.param(f"Root={ROOT};Parent=53995c3f42cd8ad", id="short-parent"),
     pytest.param(f"Root={ROOT};Parent=53995c3f42cd8ad8;Sampled=2", id="bad-sampled"),
     pytest.param(f"Root={ROOT};Root={ROOT}", id="repeated-root"),

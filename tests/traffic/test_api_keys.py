@@ -110,6 +110,55 @@ def test_bytes_outside_printable_ascii_are_forbidden(raw: bytes) -> None:
     assert seen == []
 
 
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({"x-client-key": ALICE}, 200, id="own-header"),
+        pytest.param({"X-Client-Key": ALICE}, 200, id="own-header-any-case"),
+        pytest.param({"x-api-key": ALICE}, 403, id="default-header-not-read"),
+        pytest.param([("x-client-key", ALICE), ("x-client-key", ALICE)], 403, id="twice"),
+        pytest.param({"x-client-key": ALICE + "," + ALICE}, 403, id="joined-by-comma"),
+    ],
+)
+def test_key_in_another_header(make_client, headers, status) -> None:
+    client = make_client([auth(header="X-Client-Key")])
+    r = client.get("/pets", headers=headers)
+    assert r.status_code == status
+    assert len(r.seen) == (1 if status == 200 else 0)
+
+
+def test_asgi_header_names_in_capitals_are_read() -> None:
+    import anyio
+
+    from apigw_mw import GatewayMiddleware
+
+    seen = []
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        seen.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    mw = GatewayMiddleware(app, policies=[auth()])
+    for headers, status in [
+        ([(b"X-Api-Key", ALICE.encode())], 200),
+        ([(b"X-Api-Key", ALICE.encode()), (b"x-api-key", ALICE.encode())], 403),
+    ]:
+        sent.clear()
+        scope = {"type": "http", "method": "GET", "path": "/pets", "headers": headers}
+        anyio.run(mw, scope, receive, send)
+        assert sent[0]["status"] == status
+    assert len(seen) == 1
+
+
 def test_wsgi_non_ascii_key_is_forbidden() -> None:
     from werkzeug.test import Client
 

@@ -24,6 +24,7 @@ from apigw_mw import (
     RedisStore,
     Throttle,
     TokenBucket,
+    UsageAdmin,
     UsagePlan,
     WSGIGatewayMiddleware,
 )
@@ -217,6 +218,26 @@ def test_redis_key_store_cache_is_the_revocation_delay(redis_url, redis_prefix) 
     assert keys.lookup(key.key_hash) is not None  # still cached here
     time.sleep(0.35)
     assert keys.lookup(key.key_hash) is None
+
+
+def test_cached_keys_through_the_gateway(make_client, redis_url, redis_prefix) -> None:
+    basic = UsagePlan("basic", quota=Quota(100))
+    keys = RedisKeyStore(redis_url, plans={"basic": basic}, prefix=redis_prefix, cache_ttl=0.3)
+    admin = RedisKeyStore(redis_url, plans={"basic": basic}, prefix=redis_prefix, cache_ttl=0)
+    value = generate_api_key()
+    admin.add(value, id="k-dave", plan="basic")
+    client = make_client([ApiKeyAuth(keys, storage=RedisStore(redis_url, prefix=redis_prefix))])
+    first = client.get("/pets", headers={"x-api-key": value})
+    assert first.status_code == 200
+    assert first.json()["context"]["apiKeyId"] == "k-dave"
+    assert first.seen[0].context.extra["usagePlan"] == "basic"
+    admin.disable("k-dave")  # another process revokes the key
+    cached = client.get("/pets", headers={"x-api-key": value})
+    assert cached.status_code == 200  # within the revocation delay
+    assert cached.json()["context"]["apiKeyId"] == "k-dave"
+    time.sleep(0.35)
+    assert client.get("/pets", headers={"x-api-key": value}).status_code == 403
+    assert UsageAdmin(RedisStore(redis_url, prefix=redis_prefix)).used(keys.get("k-dave")) == 2
 
 
 def test_redis_key_store_rejects_taken_id(redis_url, redis_prefix) -> None:

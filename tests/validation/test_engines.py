@@ -86,6 +86,14 @@ CORPUS: list[Any] = [
     ),
     pytest.param({"type": "string", "format": "date"}, "not a date", id="date is not checked"),
     pytest.param({"type": "string", "format": "uuid"}, "not a uuid", id="uuid is not checked"),
+    pytest.param(
+        {
+            "definitions": {"d": {"format": "date"}},
+            "properties": {"x": {"$ref": "#/definitions/d"}},
+        },
+        {"x": "not a date"},
+        id="date through a local ref is not checked",
+    ),
     pytest.param({"format": "email"}, 42, id="format ignores other types"),
 ]
 
@@ -146,3 +154,32 @@ def test_both_engines_through_the_gateway(make_client, engine):
     bad = client.post("/pets", json_body={**GOOD, "price": 600})
     assert bad.status_code == 400
     assert bad.json()["message"] == "[/price: 600 is greater than the maximum of 500]"
+
+
+@pytest.mark.parametrize("engine", ["jsonschema", "jsonschema-rs"])
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        pytest.param("not a date", 200, id="format API Gateway ignores"),
+        pytest.param(7, 400, id="type still checked"),
+    ],
+)
+def test_unchecked_format_reached_through_a_ref_into_resources(make_client, engine, value, status):
+    # The schema itself names no format: only the document its $ref points into does.
+    spec = {"definitions": {"Day": {"type": "string", "format": "date"}}}
+    v = RequestValidator(
+        routes={
+            "POST /d": RouteModel(
+                body={
+                    "application/json": {
+                        "properties": {"day": {"$ref": "urn:api#/definitions/Day"}}
+                    }
+                }
+            )
+        },
+        resources={"urn:api": spec},
+        engine=engine,
+    )
+    client = make_client([v])
+    r = client.post("/d", json_body={"day": value})
+    assert r.status_code == status

@@ -8,11 +8,15 @@ from typing import Any
 import pytest
 
 from apigw_mw import (
+    BasePolicy,
     ConfigurationError,
     GatewayResponse,
     GatewayResponses,
+    Phase,
     RequestValidator,
     RouteModel,
+    RouteTable,
+    Stage,
 )
 
 PET: dict[str, Any] = {
@@ -90,6 +94,15 @@ CASES = [
     ),
     pytest.param(
         "GET", "/items/7?a=1&b=2", {"h2": " "}, None, 400, PARAMS.format("h2"), id="header blank"
+    ),
+    pytest.param(
+        "GET",
+        "/items/7?a=1&b=2",
+        [("h2", " "), ("h2", "x")],
+        None,
+        200,
+        None,
+        id="duplicate header, last set",
     ),
     pytest.param(
         "POST", "/validation", {"h1": "x", **JSON}, body(GOOD), 200, None, id="valid body"
@@ -241,6 +254,24 @@ CASES = [
     pytest.param(
         "POST",
         "/validation",
+        {"h1": "x", "content-type": "Application/JSON"},
+        body({"type": "dog"}),
+        400,
+        "Invalid request body",
+        id="content type any case",
+    ),
+    pytest.param(
+        "POST",
+        "/validation",
+        {"h1": "x", "content-type": "Application/JSON"},
+        body(GOOD),
+        200,
+        None,
+        id="content type any case, valid",
+    ),
+    pytest.param(
+        "POST",
+        "/validation",
         {"h1": "x", "content-type": "text/plain"},
         b"not json",
         200,
@@ -371,6 +402,144 @@ def test_most_specific_route_wins(make_client):
     assert r.status_code == 200  # the greedy route's query parameter does not apply here
     r = client.post("/pets/other")
     assert r.json() == {"message": PARAMS.format("everywhere")}
+
+
+def test_empty_model_on_the_most_specific_route_checks_nothing(make_client):
+    v = RequestValidator(
+        routes={
+            "ANY /pets/{proxy+}": RouteModel(query=["q"], body={"application/json": PET}),
+            "POST /pets/free": RouteModel(),
+        }
+    )
+    client = make_client([v])
+    r = client.post("/pets/free", headers=JSON, content=b"not json")
+    assert r.status_code == 200
+    assert r.seen[0].body == b"not json"
+    r = client.post("/pets/other?q=1", headers=JSON, content=b"not json")
+    assert r.json() == {"message": "Invalid request body"}
+
+
+class ReadsBody(BasePolicy):
+    """An earlier phase's policy that reads the body (as a signature check does)."""
+
+    phase = Phase.AUTHORIZE
+
+    def flow(self, request: Any, context: Any) -> Any:
+        return self._read(request, context)
+
+    def _read(self, request: Any, context: Any) -> Any:
+        body = yield request.read_body()
+        context.extra["read"] = len(body)
+        return None
+
+
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        pytest.param(body(GOOD), 200, id="valid"),
+        pytest.param(body({**GOOD, "price": 600}), 400, id="invalid"),
+        pytest.param(b"{oops", 400, id="not JSON"),
+        pytest.param(b"", 400, id="empty"),
+    ],
+)
+def test_body_already_read_by_an_earlier_policy(make_client, content, status):
+    client = make_client([validator(), ReadsBody(routes=["POST /validation"])])
+    r = client.post("/validation", headers={"h1": "x", **JSON}, content=content)
+    assert r.status_code == status
+    if status == 200:
+        assert r.seen[0].body == content
+        assert r.seen[0].context.extra["read"] == len(content)
+    else:
+        assert r.json() == {"message": "Invalid request body"}
+        assert r.seen == []
+
+
+def test_headers_with_their_own_server_names(make_client):
+    # Content-Type and X-Api-Key have CGI names of their own (or joined values) under WSGI.
+    v = RequestValidator(routes={"POST /h": RouteModel(headers=["Content-Type", "X-Api-Key"])})
+    client = make_client([v])
+    ok = client.post("/h", headers={"content-type": "text/plain", "x-api-key": "k"}, content=b"x")
+    assert ok.status_code == 200
+    r = client.post("/h", content=b"x")
+    assert r.json() == {"message": PARAMS.format("content-type, x-api-key")}
+    r = client.post("/h", headers={"content-type": "text/plain", "x-api-key": " "}, content=b"x")
+    assert r.json() == {"message": PARAMS.format("x-api-key")}
+    assert r.seen == []
+
+
+# -- under a stage base path -----------------------------------------------------------------
+
+BASE = Stage("prod", base_path="/v1")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "content", "status", "message"),
+    [
+        pytest.param(
+            "POST", "/v1/validation", {"h1": "x", **JSON}, body(GOOD), 200, None, id="valid"
+        ),
+        pytest.param(
+            "POST",
+            "/v1/validation",
+            {"h1": "x", **JSON},
+            body({"type": "dog"}),
+            400,
+            "Invalid request body",
+            id="invalid body",
+        ),
+        pytest.param(
+            "POST",
+            "/v1/validation",
+            JSON,
+            body(GOOD),
+            400,
+            PARAMS.format("h1"),
+            id="missing header",
+        ),
+        pytest.param(
+            "GET", "/v1/items/7", {}, None, 400, PARAMS.format("a, b, h2"), id="path parameters"
+        ),
+        pytest.param("GET", "/v1/validation?q1=a", {}, None, 200, None, id="query present"),
+        pytest.param("GET", "/v1", {}, None, 400, PARAMS.format("root"), id="the base path is /"),
+        pytest.param(
+            "POST",
+            "/v1/pets/special",
+            JSON,
+            b"not json",
+            400,
+            "Invalid request body",
+            id="model of the validator's most specific route",
+        ),
+    ],
+)
+def test_under_a_stage_base_path(make_client, method, path, headers, content, status, message):
+    v = RequestValidator(
+        routes={
+            "GET /validation": RouteModel(query=["q1"]),
+            "POST /validation": RouteModel(headers=["h1"], body={"application/json": PET}),
+            "GET /items/{itemId}": RouteModel(path=["itemId"], query=["a", "b"], headers=["h2"]),
+            "GET /": RouteModel(query=["root"]),
+            # The request's route key is POST /pets/special, which has no model here: the
+            # validator's own most specific route for the path without the base path applies.
+            "POST /pets/{petId}": RouteModel(body={"application/json": PET}),
+        }
+    )
+    client = make_client([v, RouteTable(["POST /pets/special"])], stage=BASE)
+    r = client.request(method, path, headers=headers, content=content)
+    assert r.status_code == status, r.text
+    if message is None:
+        assert len(r.seen) == 1
+    else:
+        assert r.json() == {"message": message}
+        assert r.seen == []
+
+
+def test_outside_the_base_path_nothing_is_validated(make_client):
+    # Requests outside the base path match no route of the API, as on a custom domain.
+    client = make_client([validator()], stage=BASE)
+    r = client.post("/validation", headers=JSON, content=b"not json")
+    assert r.status_code == 200
+    assert r.seen[0].body == b"not json"
 
 
 def test_refs_local_and_in_resources(make_client):

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -56,9 +57,31 @@ class _Refused(Exception):
     """A certificate chain failed verification (the reason is logged, never returned)."""
 
 
+class _ReadOnlyDict(dict[str, Any]):
+    """A ``dict`` that refuses changes: one certificate's mapping, shared by its requests.
+
+    It serialises, copies and compares as a ``dict``; ``dict(m)`` or ``m.copy()`` gives a
+    plain, changeable copy.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("identity.client_cert is read-only: change a copy, dict(client_cert)")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self),))
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    identity: Mapping[str, Any] | None  # None: refused
+    decision: Allow | Deny  # the request's answer: the certificate's identity, or 403
     until: float
 
 
@@ -89,17 +112,17 @@ def _serial(n: int) -> str:
     return ":".join(text[i : i + 2] for i in range(0, len(text), 2))
 
 
-def _client_cert(leaf: x509.Certificate) -> dict[str, Any]:
-    return {
-        "clientCertPem": leaf.public_bytes(serialization.Encoding.PEM).decode("ascii"),
-        "subjectDN": leaf.subject.rfc4514_string(),
-        "issuerDN": leaf.issuer.rfc4514_string(),
-        "serialNumber": _serial(leaf.serial_number),
-        "validity": {
-            "notBefore": _openssl_time(leaf.not_valid_before_utc),
-            "notAfter": _openssl_time(leaf.not_valid_after_utc),
-        },
-    }
+def _client_cert(leaf: x509.Certificate) -> Mapping[str, Any]:
+    return _ReadOnlyDict(
+        clientCertPem=leaf.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        subjectDN=leaf.subject.rfc4514_string(),
+        issuerDN=leaf.issuer.rfc4514_string(),
+        serialNumber=_serial(leaf.serial_number),
+        validity=_ReadOnlyDict(
+            notBefore=_openssl_time(leaf.not_valid_before_utc),
+            notAfter=_openssl_time(leaf.not_valid_after_utc),
+        ),
+    )
 
 
 def _pems(text: str) -> list[bytes]:
@@ -185,7 +208,8 @@ class MutualTls(BasePolicy):
     A refused certificate gets 403 ``{"message":"Forbidden"}`` (type ``ACCESS_DENIED``).
     The app finds the certificate in ``context.identity.client_cert``: ``clientCertPem``,
     ``subjectDN``, ``issuerDN``, ``serialNumber``, ``validity.notBefore`` and
-    ``validity.notAfter``, formatted as API Gateway does.
+    ``validity.notAfter``, formatted as API Gateway does. The mapping is shared by every
+    request presenting the same chain, so it is read-only (``dict(client_cert)`` copies it).
 
     Example, behind nginx on the same host::
 
@@ -234,6 +258,10 @@ class MutualTls(BasePolicy):
             raise ConfigurationError("MutualTls.header", "a header name, with source='header'")
         self.source = source
         self.header = (header or "x-forwarded-client-cert").lower()
+        try:
+            self._header_raw: bytes | None = self.header.encode("latin-1")
+        except UnicodeEncodeError:  # no header can have that name: the general lookup refuses
+            self._header_raw = None
         self._crls = self._load_crls(crl)
         if check is not None and not callable(check):
             raise ConfigurationError("MutualTls.check", "must be callable")
@@ -295,10 +323,26 @@ class MutualTls(BasePolicy):
             peer = request.peer
             if proxies is None or peer is None or not proxies.trusts(peer):
                 return _FORBIDDEN
-            values = request.headers.getlist(self.header)
-            if len(values) != 1 or len(values[0]) > _MAX_HEADER:
+            name = self._header_raw
+            if self._wsgi or name is None:
+                values = request.headers.getlist(self.header)
+                if len(values) != 1:
+                    return _FORBIDDEN
+                key = values[0]
+            else:
+                # Straight from the scope: the cached path then decodes and copies nothing,
+                # and the header as received (bytes) is the cache key.
+                size = len(name)
+                key = None
+                for k, v in request.raw.get("headers") or ():
+                    if k == name or (len(k) == size and k.lower() == name):
+                        if key is not None:  # repeated
+                            return _FORBIDDEN
+                        key = v
+                if key is None:
+                    return _FORBIDDEN
+            if len(key) > _MAX_HEADER:
                 return _FORBIDDEN
-            key = values[0]
         elif self._wsgi:
             environ = request.raw
             leaf = environ.get("SSL_CLIENT_CERT")
@@ -322,15 +366,8 @@ class MutualTls(BasePolicy):
                 return _FORBIDDEN
         entry = self._cache.get(key)
         if entry is not None and time.time() < entry.until:
-            if entry.identity is None:
-                return _FORBIDDEN
-            return self._allow(entry.identity)
+            return entry.decision
         return self._verify_flow(key)
-
-    @staticmethod
-    def _allow(identity: Mapping[str, Any]) -> Allow:
-        # A fresh dict per request: the app may change what it is given.
-        return Allow(identity={"client_cert": {**identity, "validity": dict(identity["validity"])}})
 
     def _verify_flow(self, key: Any) -> Decision | Flow:
         now = time.time()
@@ -340,7 +377,7 @@ class MutualTls(BasePolicy):
             path = self._verify(chain, datetime.fromtimestamp(now, timezone.utc))
         except _Refused as exc:
             logger.info("client certificate refused: %s", exc)
-            self._remember(key, None, now + _NEGATIVE_TTL)
+            self._remember(key, _FORBIDDEN, now + _NEGATIVE_TTL)
             return _FORBIDDEN
         if self._check is None:
             return self._accept(key, leaf, path, now)
@@ -358,29 +395,32 @@ class MutualTls(BasePolicy):
             return _FORBIDDEN
         if ok is not True:
             logger.info("client certificate refused by the check: %s", leaf.subject)
-            self._remember(key, None, now + _NEGATIVE_TTL)
+            self._remember(key, _FORBIDDEN, now + _NEGATIVE_TTL)
             return _FORBIDDEN
         return self._accept(key, leaf, path, now)
 
     def _accept(
         self, key: Any, leaf: x509.Certificate, path: list[x509.Certificate], now: float
     ) -> Decision:
-        identity = _client_cert(leaf)
+        # Built once per verified chain; every request it admits shares the read-only mapping.
+        allow = Allow(identity=MappingProxyType({"client_cert": _client_cert(leaf)}))
         until = min(c.not_valid_after_utc.timestamp() for c in path)
         if self.cache_ttl is not None:
             until = min(until, now + self.cache_ttl)
-        self._remember(key, identity, until)
-        return self._allow(identity)
+        self._remember(key, allow, until)
+        return allow
 
-    def _remember(self, key: Any, identity: Mapping[str, Any] | None, until: float) -> None:
+    def _remember(self, key: Any, decision: Allow | Deny, until: float) -> None:
         cache = self._cache
         if len(cache) >= _CACHE_MAX:
             cache.clear()
-        cache[key] = _Entry(identity, until)
+        cache[key] = _Entry(decision, until)
 
     # -- verification -----------------------------------------------------------------------
 
     def _certificates(self, key: Any) -> list[x509.Certificate]:
+        if isinstance(key, bytes):  # a forwarded header, from an ASGI scope
+            key = key.decode("latin-1")
         if isinstance(key, str):
             text = key.strip()
             # nginx's form starts with the PEM armour; Envoy's with a key (By=, Hash=, Cert=).

@@ -111,23 +111,6 @@ _STYLES: dict[str, tuple[Callable[[Any], str], re.Pattern[str]]] = {
 }
 
 
-def _redacted(ctx: RequestContext, request: Request) -> None:
-    return None
-
-
-_last_time: list[Any] = [-1, ""]
-
-
-def _request_time(ctx: RequestContext, request: Request) -> str:
-    # Requests of the same second share the formatted time.
-    second = ctx.request_time_epoch // 1000
-    last = _last_time
-    if last[0] != second:
-        last[1] = ctx.request_time
-        last[0] = second
-    return str(last[1])
-
-
 def _learned_identity(ctx: RequestContext) -> Any:
     """The context's identity if a policy has filled it in: building an untouched lazy
     identity only to read what the request already says would cost for nothing."""
@@ -135,55 +118,40 @@ def _learned_identity(ctx: RequestContext) -> Any:
     return ctx.identity if fields is None else fields.get("identity")
 
 
-def _source_ip(ctx: RequestContext, request: Request) -> Any:
-    identity = _learned_identity(ctx)
-    return request.source_ip if identity is None else identity.source_ip
-
-
-def _user_agent(ctx: RequestContext, request: Request) -> Any:
-    identity = _learned_identity(ctx)
-    return request.headers.get("user-agent") if identity is None else identity.user_agent
-
-
-def _identity_field(attr: str) -> Getter:
-    def get(ctx: RequestContext, request: Request) -> Any:
-        identity = _learned_identity(ctx)
-        return None if identity is None else getattr(identity, attr)
-
-    return get
-
+# The variables a compiled format reads inline: (kind, Python expression over ``ctx``,
+# ``request`` and ``_id``, the identity a policy filled in). "str" values are strings or
+# None; "int" values are ints or None. Only these fixed expressions, never text from the
+# format, become code (see ``_compile``).
+_INLINE: dict[tuple[str, ...], tuple[str, str]] = {
+    ("requestId",): ("str", "ctx.request_id"),
+    ("extendedRequestId",): ("str", "ctx.extended_request_id"),
+    ("httpMethod",): ("str", "ctx.http_method"),
+    ("path",): ("str", "ctx.path"),
+    ("protocol",): ("str", "ctx.protocol"),
+    ("resourcePath",): ("str", "ctx.resource_path"),
+    ("routeKey",): ("str", "ctx.route_key"),
+    ("stage",): ("str", "ctx.stage"),
+    ("status",): ("int", "ctx.status"),
+    ("responseLength",): ("int", "ctx.response_length"),
+    ("integrationLatency",): ("int", "ctx.integration_latency"),
+    ("requestTimeEpoch",): ("int", "ctx.request_time_epoch"),
+    ("responseLatency",): ("int", "int((_perf() - ctx.start) * 1000)"),
+    ("identity", "sourceIp"): ("str", "request.source_ip if _id is None else _id.source_ip"),
+    ("identity", "userAgent"): (
+        "str",
+        'request.headers.get("user-agent") if _id is None else _id.user_agent',
+    ),
+    ("identity", "caller"): ("str", "None if _id is None else _id.caller"),
+    ("identity", "user"): ("str", "None if _id is None else _id.user"),
+    ("identity", "apiKeyId"): ("str", "None if _id is None else _id.api_key_id"),
+}
+_REQUEST_TIME = ("requestTime",)
 
 Getter = Callable[["RequestContext", "Request"], Any]
-
-_DIRECT: dict[tuple[str, ...], Getter] = {
-    ("requestId",): lambda c, r: c.request_id,
-    ("extendedRequestId",): lambda c, r: c.extended_request_id,
-    ("httpMethod",): lambda c, r: c.http_method,
-    ("path",): lambda c, r: c.path,
-    ("protocol",): lambda c, r: c.protocol,
-    ("resourcePath",): lambda c, r: c.resource_path,
-    ("routeKey",): lambda c, r: c.route_key,
-    ("stage",): lambda c, r: c.stage,
-    ("status",): lambda c, r: c.status,
-    ("responseLength",): lambda c, r: c.response_length,
-    ("integrationLatency",): lambda c, r: c.integration_latency,
-    ("requestTime",): _request_time,
-    ("requestTimeEpoch",): lambda c, r: c.request_time_epoch,
-    ("responseLatency",): lambda c, r: int((time.perf_counter() - c.start) * 1000),
-    ("identity", "sourceIp"): _source_ip,
-    ("identity", "userAgent"): _user_agent,
-    ("identity", "caller"): _identity_field("caller"),
-    ("identity", "user"): _identity_field("user"),
-    ("identity", "apiKeyId"): _identity_field("api_key_id"),
-}
+Render = Callable[["RequestContext", "Request"], str]
 
 
-def _getter(path: tuple[str, ...]) -> Getter:
-    if _SECRET_NAME.search(path[-1]):
-        return _redacted
-    direct = _DIRECT.get(path)
-    if direct is not None:
-        return direct
+def _lookup(path: tuple[str, ...]) -> Getter:
     return lambda ctx, request: ctx.lookup(path)
 
 
@@ -200,52 +168,132 @@ def _style(fmt: str) -> str:
 
 
 class _Template:
-    """A compiled format: a ``str.format`` pattern with one slot per variable, the
-    variables' getters, and their escapes.
+    """A format compiled once into a render function of literal parts and inline reads.
 
-    Most values need no escaping, so all of a line's values are checked with one regular
-    expression search over their concatenation; only when it finds something is each value
-    escaped on its own.
+    Most values need no escaping: the fast path checks every value of a line with one
+    regular-expression search over their concatenation and joins them with the literals;
+    only when that search finds something is each value escaped on its own. Secrets are
+    replaced at compile time, ``requestTime`` is formatted and escaped once a second, and a
+    JSON value outside quotes is always encoded.
     """
 
-    __slots__ = ("escapes", "getters", "names", "pattern", "unsafe")
+    __slots__ = ("names", "render")
 
     def __init__(self, fmt: str) -> None:
         style = _style(fmt)
         escape, unsafe = _STYLES[style]
-        pieces: list[str] = []
-        self.getters: list[Getter] = []
-        self.escapes: list[Callable[[Any], str]] = []
         self.names: set[str] = set()
-        self.unsafe: re.Pattern[str] | None = unsafe
+        literals: list[str] = []
+        slots: list[tuple[tuple[str, ...], Callable[[Any], str]]] = []
+        pending = ""  # literal text since the last slot (redacted values join it)
         pos = 0
         in_string = False  # inside a JSON string literal of the template
         for m in _VARIABLE.finditer(fmt):
             literal = fmt[pos : m.start()]
-            pieces.append(literal.replace("{", "{{").replace("}", "}}"))
+            pos = m.end()
             if style == "json":
                 in_string = _json_string_state(literal, in_string)
-            pieces.append("{}")
             name = m.group(1)
             self.names.add(name)
-            self.getters.append(_getter(tuple(name.split("."))))
-            if style == "json" and not in_string:
-                self.escapes.append(_json_value)
-                self.unsafe = None  # a bare JSON value always needs encoding
-            else:
-                self.escapes.append(escape)
-            pos = m.end()
-        pieces.append(fmt[pos:].replace("{", "{{").replace("}", "}}"))
-        self.pattern = "".join(pieces)
+            path = tuple(name.split("."))
+            esc = escape if style != "json" or in_string else _json_value
+            if _SECRET_NAME.search(path[-1]):
+                pending += literal + esc(None)  # never read, whatever the context holds
+                continue
+            literals.append(pending + literal)
+            pending = ""
+            slots.append((path, esc))
+        literals.append(pending + fmt[pos:])
+        self.render: Render = _compile(literals, slots, unsafe)
 
-    def render(self, ctx: RequestContext, request: Request) -> str:
-        values = [get(ctx, request) for get in self.getters]
-        unsafe = self.unsafe
-        if unsafe is not None:
-            texts = [v if type(v) is str and v else _text(v) for v in values]
-            if unsafe.search("".join(texts)) is None:
-                return self.pattern.format(*texts)
-        return self.pattern.format(*[esc(v) for esc, v in zip(self.escapes, values)])
+
+def _compile(
+    literals: list[str],
+    slots: list[tuple[tuple[str, ...], Callable[[Any], str]]],
+    unsafe: re.Pattern[str],
+) -> Render:
+    """Generate the render function of a format.
+
+    The generated code names only closure variables (the literals, escapes and getters are
+    passed in as values) and the fixed expressions of ``_INLINE``: no text of the format
+    becomes code.
+    """
+    env: dict[str, Any] = {
+        "_text": _text,
+        "_perf": time.perf_counter,
+        "_learned": _learned_identity,
+    }
+    body: list[str] = []
+    out: list[str] = []  # the fast path's f-string parts
+    slow: list[str] = []  # the same with every checked value escaped from its raw value
+    checked: list[str] = []
+    if any(path in _INLINE and path[0] == "identity" for path, _ in slots):
+        body.append("_id = _learned(ctx)")
+    for i, (path, esc) in enumerate(slots):
+        lit = literals[i]
+        if lit:
+            env[f"_l{i}"] = lit
+            out.append(f"{{_l{i}}}")
+            slow.append(f"{{_l{i}}}")
+        env[f"_e{i}"] = esc
+        v, t = f"v{i}", f"t{i}"
+        if path == _REQUEST_TIME:
+            # Requests of one second share the formatted, escaped time.
+            env[f"_rt{i}"] = [(-1, "")]
+            body += [
+                f"s{i} = ctx.request_time_epoch // 1000",
+                f"c{i} = _rt{i}[0]",
+                f"if c{i}[0] != s{i}:",
+                f"    c{i} = _rt{i}[0] = (s{i}, _e{i}(ctx.request_time))",
+                f"{t} = c{i}[1]",
+            ]
+            out.append(f"{{{t}}}")
+            slow.append(f"{{{t}}}")
+            continue
+        kind, expr = _INLINE.get(path, ("any", ""))
+        if kind == "any":
+            env[f"_g{i}"] = _lookup(path)
+            expr = f"_g{i}(ctx, request)"
+        body.append(f"{v} = {expr}")
+        if esc is _json_value:  # a bare JSON value: always encoded, never checked
+            body.append(
+                f'{t} = str({v}) if type({v}) is int else ("null" if {v} is None else _e{i}({v}))'
+            )
+            out.append(f"{{{t}}}")
+            slow.append(f"{{{t}}}")
+            continue
+        first = f"type({v}) is int" if kind == "int" else f"type({v}) is str and {v}"
+        value = f"str({v})" if kind == "int" else v
+        body.append(f'{t} = {value} if {first} else ("-" if {v} is None else _text({v}))')
+        checked.append(f"{{{t}}}")
+        out.append(f"{{{t}}}")
+        slow.append(f"{{_e{i}({v})}}")
+    n = len(slots)
+    if literals[n]:
+        env[f"_l{n}"] = literals[n]
+        out.append(f"{{_l{n}}}")
+        slow.append(f"{{_l{n}}}")
+    fast = 'f"' + "".join(out) + '"' if out else '""'
+    if checked:
+        env["_search"] = unsafe.search
+        body.append(f'if _search(f"{"".join(checked)}") is None:')
+        body.append(f"    return {fast}")
+        body.append('return f"' + "".join(slow) + '"')
+    else:
+        body.append(f"return {fast}")
+    names = sorted(env)
+    source = "\n".join(
+        [
+            f"def _make({', '.join(names)}):",
+            "    def render(ctx, request):",
+            *(f"        {line}" for line in body),
+            "    return render",
+        ]
+    )
+    scope: dict[str, Any] = {}
+    exec(compile(source, "<access log format>", "exec"), {}, scope)
+    render: Render = scope["_make"](*(env[k] for k in names))
+    return render
 
 
 def _json_string_state(literal: str, in_string: bool) -> bool:
@@ -333,7 +381,7 @@ class AccessLog(BasePolicy):
             raise ConfigurationError("AccessLog.logger", "must be a logger or a logger name")
         self.format = format
         self.logger = logger
-        self._template = template
+        self._render = template.render
         self._last_failure = 0.0
 
     def __repr__(self) -> str:
@@ -341,14 +389,14 @@ class AccessLog(BasePolicy):
 
     def render(self, request: Request, context: RequestContext) -> str:
         """The access-log line for a request and its context."""
-        return self._template.render(context, request)
+        return self._render(context, request)
 
     def on_complete(self, request: Request, context: RequestContext) -> None:
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
         try:
-            line = self._template.render(context, request)
+            line = self._render(context, request)
             logger.handle(
                 logger.makeRecord(logger.name, logging.INFO, "(access log)", 0, line, (), None)
             )

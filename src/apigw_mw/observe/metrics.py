@@ -24,6 +24,10 @@ __all__ = ["Metrics"]
 _METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
+# Attribute sets kept per bound policy (the dicts are never changed once handed out).
+_CACHE_SIZE = 1024
+# (method, scheme, route, status, gateway response type, its status)
+_Key = tuple[str, str, str | None, int | None, str | None, int | None]
 # The HTTP semantic conventions' advice for http.server.request.duration, in seconds.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
@@ -80,6 +84,8 @@ class Metrics(BasePolicy):
         self._denials: Any = None
         self._hits: Any = None
         self._misses: Any = None
+        self._attributes: dict[_Key, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+        self._routes: dict[str | None, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return "Metrics()"
@@ -95,6 +101,8 @@ class Metrics(BasePolicy):
             return OFF
         bound = copy.copy(self)
         bound._stage = settings.stage.name
+        bound._attributes = {}
+        bound._routes = {}
         bound._duration = _histogram(
             meter, "http.server.request.duration", "Duration of HTTP server requests."
         )
@@ -119,45 +127,78 @@ class Metrics(BasePolicy):
     def on_complete(self, request: Request, context: RequestContext) -> None:
         elapsed = perf_counter() - context.start
         method = context.http_method
-        attrs: dict[str, Any] = {
-            "http.request.method": method if method in _METHODS else "_OTHER",
-            "url.scheme": request.scheme,
-            "apigw.stage": self._stage,
-        }
+        if method not in _METHODS:
+            method = "_OTHER"
         route = context.resource_path
-        if route is not None:
-            attrs["http.route"] = route
         status = context.status
-        if status is not None:
-            attrs["http.response.status_code"] = status
         error = context.error
-        if error is not None:
-            attrs["error.type"] = error.response_type
-        elif status is None:
-            attrs["error.type"] = "no_response"
-        elif status >= 500:
-            attrs["error.type"] = str(status)
+        key = (
+            method,
+            request.scheme,
+            route,
+            status,
+            None if error is None else error.response_type,
+            None if error is None else error.status,
+        )
+        found = self._attributes.get(key)
+        if found is None:
+            found = self._attributes_for(key)
+        attrs, denial = found
         self._duration.record(elapsed, attrs)
         latency = context.integration_latency
         if latency is not None:
             self._integration.record(latency / 1000, attrs)
-        if error is not None:
-            self._denials.add(
-                1,
-                {
-                    "apigw.response_type": error.response_type,
-                    "http.response.status_code": error.status,
-                    "http.request.method": attrs["http.request.method"],
-                    "apigw.stage": self._stage,
-                    **({"http.route": route} if route is not None else {}),
-                },
-            )
-        cache = context.extra.get("cacheStatus")
+        if denial is not None:
+            self._denials.add(1, denial)
+        # ``extra`` is built on first read: a request no policy shared anything for has none.
+        fields = getattr(context, "__dict__", None)
+        extra = context.extra if fields is None else fields.get("extra")
+        cache = None if extra is None else extra.get("cacheStatus")
         if cache == "hit":
-            self._hits.add(1, {"apigw.stage": self._stage, **_route(route)})
+            self._hits.add(1, self._route_attributes(route))
         elif cache == "miss":
-            self._misses.add(1, {"apigw.stage": self._stage, **_route(route)})
+            self._misses.add(1, self._route_attributes(route))
 
+    def _attributes_for(self, key: _Key) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The duration and denial attributes of one kind of request, kept for the next
+        ones while the cache has room (every part of the key is bounded, but their product
+        may be large)."""
+        method, scheme, route, status, response_type, error_status = key
+        attrs: dict[str, Any] = {
+            "http.request.method": method,
+            "url.scheme": scheme,
+            "apigw.stage": self._stage,
+        }
+        if route is not None:
+            attrs["http.route"] = route
+        if status is not None:
+            attrs["http.response.status_code"] = status
+        denial: dict[str, Any] | None = None
+        if response_type is not None:
+            attrs["error.type"] = response_type
+            denial = {
+                "apigw.response_type": response_type,
+                "http.response.status_code": error_status,
+                "http.request.method": method,
+                "apigw.stage": self._stage,
+            }
+            if route is not None:
+                denial["http.route"] = route
+        elif status is None:
+            attrs["error.type"] = "no_response"
+        elif status >= 500:
+            attrs["error.type"] = str(status)
+        found = (attrs, denial)
+        if len(self._attributes) < _CACHE_SIZE:
+            self._attributes[key] = found
+        return found
 
-def _route(route: str | None) -> dict[str, str]:
-    return {"http.route": route} if route is not None else {}
+    def _route_attributes(self, route: str | None) -> dict[str, Any]:
+        attrs = self._routes.get(route)
+        if attrs is None:
+            attrs = {"apigw.stage": self._stage}
+            if route is not None:
+                attrs["http.route"] = route
+            if len(self._routes) < _CACHE_SIZE:
+                self._routes[route] = attrs
+        return attrs

@@ -32,7 +32,7 @@ from .._version import __version__
 from ..exceptions import ConfigurationError
 from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
 from ..responses import Deny, Respond
-from .xray import TraceHeader, parse_traceparent, parse_xray, xray_trace_id
+from .xray import TraceHeader, parse_traceparent, parse_xray
 
 if TYPE_CHECKING:
     from ..context import RequestContext
@@ -58,9 +58,11 @@ _BLIND_SAMPLER = re.compile(
     r"|[{},:]|root|remoteParentSampled|remoteParentNotSampled|localParentSampled"
     r"|localParentNotSampled)+"
 )
-_current_span = trace.get_current_span
+_current_context = otel_context.get_current
+_span_in = trace.get_current_span
 _in_context = trace.set_span_in_context
 _attach = otel_context.attach
+_detach = otel_context.detach
 _log = logging.getLogger("apigw_mw")
 
 # W3C tracestate list members (the grammar OpenTelemetry's TraceState accepts).
@@ -150,7 +152,7 @@ class _Active:
         self.token = token
         self.header = header  # the X-Amzn-Trace-Id response header
         self.late = late  # start attributes recorded with the final ones
-        self.offset = 0
+        self.offset = 0  # wall clock minus perf counter, for policy spans
 
 
 class _Off(BasePolicy):
@@ -266,18 +268,25 @@ class Tracing(BasePolicy):
     def on_request(self, request: Request, context: RequestContext) -> None:
         if self._state != _ON:
             return
-        current = _current_span()
+        # The current context is looked up once and handed to the SDK, which would
+        # otherwise look it up again for the parent, the sampler and the new context.
+        current_context = _current_context()
+        current = _span_in(current_context)
         if current.is_recording() and getattr(current, "kind", None) is _SERVER:
             # A framework instrumentation outside the gateway opened the server span.
             span = current
-            span.set_attributes(self._start_attributes(request, context, _headers(request)))
+            user_agent, _ = _headers(request)
+            span.set_attributes(self._start_attributes(request, context, user_agent))
             owned, token, late = False, None, None
         else:
-            span, late = self._start(request, context)
-            owned, token = True, _attach(_in_context(span))
+            span, late = self._start(request, context, current_context)
+            owned, token = True, _attach(_in_context(span, current_context))
         sc = span.get_span_context()
-        xray_id = xray_trace_id(sc.trace_id)
-        header = f"Root={xray_id};Parent={sc.span_id:016x};Sampled={sc.trace_flags & 1}"
+        # bytes.hex() formats the ids in half the time of an integer format spec.
+        hex_id = sc.trace_id.to_bytes(16, "big").hex()
+        xray_id = f"1-{hex_id[:8]}-{hex_id[8:]}"
+        parent_id = sc.span_id.to_bytes(8, "big").hex()
+        header = f"Root={xray_id};Parent={parent_id};Sampled={'1' if sc.trace_flags & 1 else '0'}"
         active = _Active(span, owned, token, header.encode("ascii"), late)
         extra = context.extra
         extra[_STATE] = active
@@ -313,52 +322,60 @@ class Tracing(BasePolicy):
         finally:
             # Detach first: a failing span processor must not leave the span current.
             if active.token is not None:
-                otel_context.detach(active.token)
+                _detach(active.token)
             if active.owned:
                 span.end()
 
     # -- span work -----------------------------------------------------------------------
 
     def _start_attributes(
-        self, request: Request, context: RequestContext, headers: _TraceHeaders
+        self, request: Request, context: RequestContext, user_agent: str | None
     ) -> dict[str, Any]:
         method = context.http_method
-        attrs: dict[str, Any] = {
-            "http.request.method": method if method in _METHODS else "_OTHER",
-            "url.path": context.path,
-            "url.scheme": request.scheme,
-            "apigw.request_id": context.request_id,
-        }
-        if method not in _METHODS:
-            attrs["http.request.method_original"] = method
-        if context.resource_path is not None:
-            attrs["http.route"] = context.resource_path
+        route = context.resource_path
+        if method in _METHODS:
+            attrs: dict[str, Any] = {
+                "http.request.method": method,
+                "url.path": context.path,
+                "url.scheme": request.scheme,
+                "apigw.request_id": context.request_id,
+            }
+        else:
+            attrs = {
+                "http.request.method": "_OTHER",
+                "http.request.method_original": method,
+                "url.path": context.path,
+                "url.scheme": request.scheme,
+                "apigw.request_id": context.request_id,
+            }
+        if route is not None:
+            attrs["http.route"] = route
         ip = request.source_ip
         if ip is not None:
             attrs["client.address"] = ip
-        if headers.user_agent:
-            attrs["user_agent.original"] = headers.user_agent
+        if user_agent:
+            attrs["user_agent.original"] = user_agent
         return attrs
 
     def _start(
-        self, request: Request, context: RequestContext
+        self, request: Request, context: RequestContext, current: Any
     ) -> tuple[Any, dict[str, Any] | None]:
         """The server span, and the start attributes still to record (see ``_late``)."""
-        headers = _headers(request)
-        attrs = self._start_attributes(request, context, headers)
+        user_agent, incoming = _headers(request)
+        attrs = self._start_attributes(request, context, user_agent)
         route = context.resource_path
         method = attrs["http.request.method"]
         name = f"{method} {route}" if route is not None else method
         tracer = self._tracer
-        found = self._incoming(headers) if headers.any_trace else None
+        found = self._incoming(incoming) if incoming is not None else None
         if found is None:
             if self._late:
-                return tracer.start_span(name, kind=SpanKind.SERVER), attrs
-            return tracer.start_span(name, kind=SpanKind.SERVER, attributes=attrs), None
+                return tracer.start_span(name, context=current, kind=_SERVER), attrs
+            return tracer.start_span(name, context=current, kind=_SERVER, attributes=attrs), None
         header, state = found
         if header.span_id:
             flags = TraceFlags(TraceFlags.SAMPLED if header.sampled else TraceFlags.DEFAULT)
-            parent = trace.set_span_in_context(
+            parent = _in_context(
                 NonRecordingSpan(
                     SpanContext(
                         header.trace_id,
@@ -367,7 +384,8 @@ class Tracing(BasePolicy):
                         trace_flags=flags,
                         trace_state=state,
                     )
-                )
+                ),
+                current,
             )
             if header.sampled is None:
                 # Sampled=? or no Sampled: the local sampler decides, not the parent's flag.
@@ -377,23 +395,27 @@ class Tracing(BasePolicy):
             parent = _EMPTY
             tracer = _steered(tracer, header.trace_id, header.sampled) or tracer
         if self._late:
-            return tracer.start_span(name, context=parent, kind=SpanKind.SERVER), attrs
-        span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+            return tracer.start_span(name, context=parent, kind=_SERVER), attrs
+        span = tracer.start_span(name, context=parent, kind=_SERVER, attributes=attrs)
         return span, None
 
-    def _incoming(self, headers: _TraceHeaders) -> tuple[TraceHeader, TraceState | None] | None:
+    def _incoming(
+        self, headers: dict[str, list[str]]
+    ) -> tuple[TraceHeader, TraceState | None] | None:
         fallback: tuple[TraceHeader, TraceState | None] | None = None
         for name in self.propagators:
             if name == "tracecontext":
-                if not headers.traceparent:
+                traceparent = headers.get("traceparent")
+                if not traceparent:
                     continue
-                header = parse_traceparent(headers.traceparent)
+                header = parse_traceparent(traceparent)
                 if header is None:
                     continue
-                return header, _trace_state(headers.tracestate)
-            if not headers.xray:
+                return header, _trace_state(headers.get("tracestate") or [])
+            xray = headers.get("xray")
+            if not xray:
                 continue
-            header = parse_xray(headers.xray)
+            header = parse_xray(xray)
             if header is None:
                 continue
             if header.span_id:
@@ -474,23 +496,6 @@ class Tracing(BasePolicy):
             child.end(end_time=end + offset)
 
 
-class _TraceHeaders:
-    """The request headers tracing reads, found in one pass over the raw headers."""
-
-    __slots__ = ("any_trace", "traceparent", "tracestate", "user_agent", "xray")
-
-    def __init__(self) -> None:
-        self.traceparent: list[str] = []
-        self.tracestate: list[str] = []
-        self.xray: list[str] = []
-        self.user_agent: str | None = None
-        self.any_trace = False
-
-    def add(self, attr: str, value: str) -> None:
-        getattr(self, attr).append(value)
-        self.any_trace = True
-
-
 _ASGI_NAMES = {
     b"traceparent": "traceparent",
     b"tracestate": "tracestate",
@@ -503,46 +508,58 @@ _WSGI_NAMES = (
 )
 
 
-def _headers(request: Request) -> _TraceHeaders:
-    """Trace headers and user agent, without building the full header mapping.
+def _headers(request: Request) -> tuple[str | None, dict[str, list[str]] | None]:
+    """The user agent and the trace headers (``None`` when there are none), found in one
+    pass without building the full header mapping.
 
     Reads the ASGI scope's raw header list or the WSGI environ (where a server joins a
-    repeated header with commas, which the trace header parsers reject).
+    repeated header with commas, which the trace header parsers reject). Trace headers map
+    ``"traceparent"``, ``"tracestate"`` and ``"xray"`` to their values in order.
     """
-    found = _TraceHeaders()
     raw = request.raw
+    user_agent: str | None = None
+    found: dict[str, list[str]] | None = None
     if isinstance(raw, dict) and "wsgi.version" not in raw and "headers" in raw:
         for name, value in raw["headers"]:
             if name == b"user-agent":
-                found.user_agent = value.decode("latin-1")
-            elif name in _ASGI_NAMES:
-                found.add(_ASGI_NAMES[name], value.decode("latin-1"))
-            elif not name.islower():  # ASGI asks for lower-case names; not every server obeys
+                user_agent = value.decode("latin-1")
+                continue
+            key = _ASGI_NAMES.get(name)
+            if key is None:
+                if name.islower():
+                    continue
+                # ASGI asks for lower-case names; not every server obeys.
                 lowered = name.lower()
                 if lowered == b"user-agent":
-                    found.user_agent = value.decode("latin-1")
-                elif lowered in _ASGI_NAMES:
-                    found.add(_ASGI_NAMES[lowered], value.decode("latin-1"))
-        return found
+                    user_agent = value.decode("latin-1")
+                    continue
+                key = _ASGI_NAMES.get(lowered)
+                if key is None:
+                    continue
+            if found is None:
+                found = {}
+            found.setdefault(key, []).append(value.decode("latin-1"))
+        return user_agent, found
     if isinstance(raw, dict):
-        for key, attr in _WSGI_NAMES:
-            value = raw.get(key)
+        for env_key, key in _WSGI_NAMES:
+            value = raw.get(env_key)
             if value is not None:
-                found.add(attr, value)
-        found.user_agent = raw.get("HTTP_USER_AGENT")
-        return found
+                if found is None:
+                    found = {}
+                found[key] = [value]
+        return raw.get("HTTP_USER_AGENT"), found
     headers = request.headers  # another carrier: the parsed mapping
-    for key, attr in (("traceparent", "traceparent"), ("tracestate", "tracestate")):
-        values = headers.getlist(key)
+    for key, name in (
+        ("traceparent", "traceparent"),
+        ("tracestate", "tracestate"),
+        ("xray", "x-amzn-trace-id"),
+    ):
+        values = headers.getlist(name)
         if values:
-            getattr(found, attr).extend(values)
-            found.any_trace = True
-    xray = headers.getlist("x-amzn-trace-id")
-    if xray:
-        found.xray.extend(xray)
-        found.any_trace = True
-    found.user_agent = headers.get("user-agent")
-    return found
+            if found is None:
+                found = {}
+            found[key] = values
+    return headers.get("user-agent"), found
 
 
 def _decision_name(decision: Any) -> str:

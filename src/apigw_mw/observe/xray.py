@@ -13,6 +13,7 @@ header starts a new trace, it never fails the request.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 __all__ = [
@@ -29,6 +30,11 @@ MAX_XRAY_LENGTH = 1024
 MAX_TRACEPARENT_LENGTH = 512
 
 _HEX = frozenset("0123456789abcdefABCDEF")
+# The header as X-Ray SDKs and API Gateway write it; anything else takes the general parser.
+_CANONICAL_XRAY = re.compile(
+    r"Root=1-([0-9a-fA-F]{8})-([0-9a-fA-F]{24});Parent=([0-9a-fA-F]{16});Sampled=([01?])"
+)
+_SAMPLED = {"1": True, "0": False, "?": None}
 
 
 class TraceHeader(NamedTuple):
@@ -67,6 +73,12 @@ def parse_xray(values: list[str]) -> TraceHeader | None:
     if len(values) != 1:
         return None  # absent or repeated (a repeated header cannot be trusted)
     value = values[0]
+    m = _CANONICAL_XRAY.fullmatch(value)
+    if m is not None:
+        fast_trace, fast_span = int(m[1] + m[2], 16), int(m[3], 16)
+        if not fast_trace or not fast_span:
+            return None  # all-zero ids are invalid
+        return TraceHeader(fast_trace, fast_span, _SAMPLED[m[4]])
     if len(value) > MAX_XRAY_LENGTH:
         return None
     root = parent = sampled = None

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ..exceptions import ConfigurationError
 from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
 from ..responses import Deny
 from ..routes import RoutePattern, Router, Stage
-from .storage import Hits, Level, Store, get_store
+from .storage import BucketSpec, Hits, Level, Store, get_store
+from .windows import STRATEGIES, TOKEN_BUCKET, WindowHit, window_item, windows_for
 
 if TYPE_CHECKING:
     from ..context import RequestContext
@@ -105,7 +107,7 @@ def limited_route(
     return best.key if best is not None else None
 
 
-def _wait(effect: Hits) -> Generator[Hits, Any, Deny | None]:
+def _wait(effect: Any) -> Generator[Any, Any, Deny | None]:
     outcome = yield effect
     if isinstance(outcome, BaseException):  # pragma: no cover - stores return decisions
         raise outcome
@@ -148,6 +150,11 @@ class Throttle(BasePolicy):
         headers: add ``RateLimit-Policy`` and ``RateLimit`` headers to every response.
         name: the policy's name in storage keys and headers (default: derived from ``key``
             and ``routes``, the same in every process).
+        strategy: ``"token-bucket"`` (default: the exact token bucket, decided with the
+            other levels of its phase) or one of the ``limits`` package's window
+            strategies, ``"fixed-window"``, ``"moving-window"`` or
+            ``"sliding-window-counter"``: ``burst`` requests per window of ``burst / rate``
+            seconds (a whole number), decided on its own.
 
     Limits keyed by route, stage, address or callable run in the phase before the
     authorizers; ``key="api_key"`` runs with the API key check. A refused request gets 429
@@ -158,6 +165,8 @@ class Throttle(BasePolicy):
         policies = [
             Throttle(TokenBucket(rate=1000, burst=2000)),
             Throttle(TokenBucket(rate=5, burst=10), key="source_ip", routes=["POST /login"]),
+            Throttle(TokenBucket(rate=100 / 60, burst=100), key="source_ip",
+                     strategy="moving-window", name="per-minute"),   # 100 a minute
         ]
     """
 
@@ -174,6 +183,7 @@ class Throttle(BasePolicy):
         on_storage_error: str = "allow",
         headers: bool = False,
         name: str | None = None,
+        strategy: str = TOKEN_BUCKET,
     ) -> None:
         super().__init__(routes=routes)
         self.bucket = check_bucket(bucket, "Throttle.bucket")
@@ -197,6 +207,17 @@ class Throttle(BasePolicy):
             raise ConfigurationError("Throttle.on_storage_error", "must be 'allow' or 'deny'")
         self.on_storage_error = on_storage_error
         self.headers = bool(headers)
+        if strategy not in STRATEGIES:
+            raise ConfigurationError(
+                "Throttle.strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}"
+            )
+        self.strategy = strategy
+        # Window strategies: each bucket's window, checked here rather than on a request.
+        self._items: dict[str | None, Any] = {}
+        if strategy != TOKEN_BUCKET:
+            self._items[None] = window_item(self.bucket, "Throttle.bucket")
+            for route, b in self.route_limits.items():
+                self._items[route] = window_item(b, f"Throttle.route_limits.{route}")
         kind = key if isinstance(key, str) else "custom"
         if name is None:
             name = kind
@@ -224,8 +245,17 @@ class Throttle(BasePolicy):
         return _BoundThrottle(self, store, settings)
 
 
+#: How many per-client buckets a bound throttle keeps ready (then it starts afresh).
+_CLIENT_CACHE: Final = 10_000
+
+
 class _BoundThrottle:
-    """A :class:`Throttle` bound to one gateway's store and stage."""
+    """A :class:`Throttle` bound to one gateway's store and stage.
+
+    Everything that does not depend on the time is worked out once and kept: per route key
+    (and per client, in a bounded cache) the storage key, the bucket's parameters and, when
+    no headers are wanted, the effect itself, yielded unchanged for every request.
+    """
 
     def __init__(self, spec: Throttle, store: Store, settings: GatewaySettings) -> None:
         self.spec = spec
@@ -245,9 +275,20 @@ class _BoundThrottle:
         self._router = spec._router
         tag = "{s:" + settings.stage.name + "}" if key != "api_key" else ""
         self._prefix = f"{tag}:t:{spec.name}:"
-        self._levels: dict[str, Level] = {}
+        self._windows = None
+        if spec.strategy != TOKEN_BUCKET:
+            self._windows = windows_for(store, "Throttle.strategy")
+        self._strategy = spec.strategy
         bucket = spec.bucket
-        self._default = (bucket.rate, bucket.burst)
+        self._specs: dict[str | None, BucketSpec] = {
+            None: BucketSpec(bucket.rate, bucket.burst, spec.name)
+        }
+        for route, b in self._limits.items():
+            self._specs[route] = BucketSpec(b.rate, b.burst, spec.name)
+        # Route key (or None) -> the effect; per-client kinds: -> {client -> effect}.
+        self._static: dict[str | None, Any] = {}
+        self._clients: dict[str | None, dict[str, Any]] = {}
+        self._lock = threading.Lock()
 
     on_response: Callable[[Request, RequestContext, ResponseHead], None] | None = None
     on_request: Callable[[Request, RequestContext], None] | None = None
@@ -259,25 +300,70 @@ class _BoundThrottle:
     def _on_response(self, request: Request, ctx: RequestContext, head: ResponseHead) -> None:
         write_headers(ctx, self.header_slot, head)
 
-    def _route_level(self, route: str | None, client: str) -> Level:
-        """The bucket for ``client`` (``""`` for route/stage keys) on ``route``."""
-        cache_key = f"{route}\x00{client}" if client else (route or "")
-        level = self._levels.get(cache_key)
-        if level is not None:
-            return level
-        bucket = self._limits.get(route) if route is not None else None
-        rate, burst = (bucket.rate, bucket.burst) if bucket is not None else self._default
-        part = route if bucket is not None or self._kind == "route" else None
+    def _effect(self, route: str | None, client: str) -> Any:
+        """The request-independent effect for ``client`` (``""`` for route/stage keys) on
+        ``route`` (``route`` is a key of ``route_limits``, or the route key for
+        ``key="route"``, or ``None``)."""
+        limited = route is not None and route in self._limits
+        part = route if limited or self._kind == "route" else None
         key = self._prefix + (part or "") + ("|" + client if client else "")
-        level = Level(key, rate, burst, self.spec.name)
-        # Static keys are cached; per-client ones are built per request.
-        if not client and len(self._levels) < 10_000:
-            self._levels[cache_key] = level
-        return level
+        if self._kind == "api_key":
+            key = "{k:" + client + "}" + key
+        which = route if limited else None
+        windows = self._windows
+        if windows is not None:
+            return WindowHit(
+                windows,
+                self._strategy,
+                self.spec._items[which],
+                key,
+                self.spec.name,
+                self,
+                None,
+            )
+        return Hits(self.store, (Level.of(key, self._specs[which]),), (), self, None)
+
+    def _cached(self, route: str | None, client: str) -> Any:
+        if not client:
+            effect = self._static.get(route)
+            if effect is None:
+                effect = self._effect(route, client)
+                with self._lock:
+                    if len(self._static) < _CLIENT_CACHE:
+                        self._static[route] = effect
+            return effect
+        clients = self._clients.get(route)
+        if clients is None:
+            with self._lock:
+                clients = self._clients.setdefault(route, {})
+        effect = clients.get(client)
+        if effect is None:
+            effect = self._effect(route, client)
+            if len(clients) >= _CLIENT_CACHE:
+                clients.clear()
+            clients[client] = effect
+        return effect
+
+    def _for(self, effect: Any, ctx: RequestContext) -> Any:
+        """The effect to yield: the shared one, or a copy carrying the request's context
+        (for the headers)."""
+        if not self.headers:
+            return effect
+        if isinstance(effect, WindowHit):
+            return WindowHit(
+                effect.batcher,
+                effect.strategy,
+                effect.item,
+                effect.key,
+                effect.name,
+                self,
+                ctx,
+            )
+        return Hits(self.store, effect.levels, (), self, ctx)
 
     def flow(
         self, request: Request, ctx: RequestContext
-    ) -> Generator[Hits, Any, Deny | None] | None:
+    ) -> Generator[Any, Any, Deny | None] | None:
         kind = self._kind
         route = (
             limited_route(request, ctx, self._limits, self._router, self.stage)
@@ -285,29 +371,57 @@ class _BoundThrottle:
             else None
         )
         if kind == "route":
-            level = self._route_level(route or ctx.route_key or "$default", "")
+            route = route or ctx.route_key or "$default"
+            effect = self._static.get(route)
+            if effect is None:
+                effect = self._cached(route, "")
         elif kind == "stage":
-            level = self._route_level(route, "")
+            effect = self._cached(route, "")
         elif kind == "source_ip":
             ip = ctx.identity.source_ip
             if ip is None:
                 return None
-            level = self._route_level(route, ip)
+            clients = self._clients.get(route)
+            effect = clients.get(ip) if clients is not None else None
+            if effect is None:
+                effect = self._cached(route, ip)
         elif kind == "api_key":
-
-            def resolve() -> list[Level]:
-                key_id = ctx.identity.api_key_id
-                if key_id is None:
-                    return []
-                lv = self._route_level(route, key_id)
-                lv.key = "{k:" + key_id + "}" + lv.key
-                return [lv]
-
-            return _wait(Hits(self.store, (), (), self, ctx, resolve))
+            return _wait(self._by_key(route, ctx))
         else:
             assert self._func is not None
             value = self._func(request)
             if value is None:
                 return None
-            level = self._route_level(route, str(value))
-        return _wait(Hits(self.store, (level,), (), self, ctx))
+            effect = self._cached(route, str(value))
+        return _wait(effect if not self.headers else self._for(effect, ctx))
+
+    def _by_key(self, route: str | None, ctx: RequestContext) -> Any:
+        """An effect whose bucket is known once the API key check of the phase has run."""
+        identity = ctx.identity
+
+        if self._windows is not None:
+
+            def window_key() -> str | None:
+                key_id = identity.api_key_id
+                if key_id is None:
+                    return None
+                return self._cached(route, key_id).key  # type: ignore[no-any-return]
+
+            return WindowHit(
+                self._windows,
+                self._strategy,
+                self.spec._items[route if route in self._limits else None],
+                None,
+                self.spec.name,
+                self,
+                ctx,
+                window_key,
+            )
+
+        def levels() -> Any:
+            key_id = identity.api_key_id
+            if key_id is None:
+                return ()
+            return self._cached(route, key_id).levels
+
+        return Hits(self.store, (), (), self, ctx, levels)

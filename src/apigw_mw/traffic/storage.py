@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ..context import RequestContext
 
 __all__ = [
+    "BucketSpec",
     "Hits",
     "MemoryStore",
     "RedisStore",
@@ -103,26 +104,81 @@ def period_bounds(day: int, kind: int, offset: int) -> tuple[int, int]:
 # -- what a policy asks a store to check ----------------------------------------------------
 
 
-class Level:
-    """One token bucket to check: its storage key and its parameters in seconds."""
+def _num(value: float) -> str:
+    """A float as the script reads it: shortest round-trip form, ``.0`` dropped."""
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
 
-    __slots__ = ("burst", "capacity", "interval", "key", "name", "rate", "script_args")
 
-    def __init__(self, key: str, rate: float, burst: int, name: str) -> None:
-        self.key = key
+class BucketSpec:
+    """A token bucket's parameters in the forms the stores use, computed once.
+
+    ``interval`` and ``capacity`` are in seconds (``1/rate`` and ``burst/rate``);
+    ``params`` is their text in microseconds for the Redis script.
+    """
+
+    __slots__ = ("burst", "capacity", "capacity_eps", "interval", "name", "params", "rate")
+
+    def __init__(self, rate: float, burst: int, name: str) -> None:
         self.rate = rate
         self.burst = burst
         self.interval = 1.0 / rate
         self.capacity = burst / rate
+        self.capacity_eps = self.capacity + _EPS
         self.name = name
-        # The script's arguments, in microseconds, formatted once.
-        self.script_args = (repr(self.interval * 1e6), repr(self.capacity * 1e6))
+        self.params = f"{_num(self.interval * 1e6)} {_num(self.capacity * 1e6)}"
+
+
+class Level:
+    """One token bucket to check: its storage key and its :class:`BucketSpec`."""
+
+    __slots__ = ("key", "spec")
+
+    def __init__(self, key: str, rate: float, burst: int, name: str) -> None:
+        self.key = key
+        self.spec = BucketSpec(rate, burst, name)
+
+    @classmethod
+    def of(cls, key: str, spec: BucketSpec) -> Level:
+        """A level for ``key`` sharing ``spec`` (nothing is recomputed)."""
+        level = _new_level(cls)
+        level.key = key
+        level.spec = spec
+        return level
+
+    # Read-only views of the spec.
+    @property
+    def rate(self) -> float:
+        return self.spec.rate
+
+    @property
+    def burst(self) -> int:
+        return self.spec.burst
+
+    @property
+    def interval(self) -> float:
+        return self.spec.interval
+
+    @property
+    def capacity(self) -> float:
+        return self.spec.capacity
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+_new_level = object.__new__
 
 
 class QuotaLevel:
-    """One quota counter to check."""
+    """One quota counter to check.
 
-    __slots__ = ("key", "kind", "limit", "name", "offset")
+    The bounds of the current period are cached on the level until the clock leaves them,
+    so the calendar arithmetic runs once a period, not once a request.
+    """
+
+    __slots__ = ("_bounds", "key", "kind", "limit", "name", "offset", "params")
 
     def __init__(self, key: str, limit: int, kind: int, offset: int, name: str) -> None:
         self.key = key
@@ -130,6 +186,18 @@ class QuotaLevel:
         self.kind = kind
         self.offset = offset
         self.name = name
+        self.params = f"{limit} {kind} {offset}"
+        # (start, end) in epoch seconds, then in days; empty until first used.
+        self._bounds: tuple[float, float, int, int] = (0.0, 0.0, 0, 0)
+
+    def bounds(self, now: float) -> tuple[float, float, int, int]:
+        """``(start, end, start_day, end_day)`` of the period holding ``now``."""
+        b = self._bounds
+        if b[0] <= now < b[1]:
+            return b
+        start, end = period_bounds(int(now // 86400), self.kind, self.offset)
+        b = self._bounds = (start * 86400.0, end * 86400.0, start, end)
+        return b
 
 
 class Owner:
@@ -148,9 +216,13 @@ class Hits:
     when the store failed and the policy's ``on_storage_error`` is ``"deny"``).
     ``resolve``, when given, supplies the levels at the moment the batch is performed (a
     limit keyed by the API key, known only once the API-key policy of the phase has run).
+
+    An effect without ``resolve`` whose owner wants no headers does not depend on the
+    request: policies build it once and yield the same object for every request (``ctx``
+    is then ``None``), and a store may keep what it precomputed for it in ``cmd``.
     """
 
-    __slots__ = ("batcher", "ctx", "levels", "owner", "quotas", "resolve")
+    __slots__ = ("batcher", "cmd", "ctx", "detail", "levels", "owner", "quotas", "resolve")
 
     def __init__(
         self,
@@ -158,7 +230,7 @@ class Hits:
         levels: Sequence[Level],
         quotas: Sequence[QuotaLevel],
         owner: Any,
-        ctx: RequestContext,
+        ctx: RequestContext | None,
         resolve: Callable[[], Sequence[Level]] | None = None,
     ) -> None:
         self.batcher = store
@@ -167,6 +239,8 @@ class Hits:
         self.owner = owner
         self.ctx = ctx
         self.resolve = resolve
+        self.detail = bool(owner.headers)
+        self.cmd: Any = None
 
     def run_sync(self) -> Deny | None:
         return self.batcher.run_many_sync([self])[0]
@@ -181,9 +255,10 @@ class Hits:
 Raw = tuple[float, bool, list[tuple[bool, float]], list[tuple[bool, int, float]]]
 
 
-def _collect(effects: list[Hits]) -> tuple[list[Level], list[QuotaLevel]]:
+def _collect(effects: list[Hits]) -> tuple[list[Level], list[QuotaLevel], bool]:
     levels: list[Level] = []
     quotas: list[QuotaLevel] = []
+    detail = False
     for e in effects:
         if e.resolve is not None:
             e.levels = e.resolve()
@@ -192,14 +267,16 @@ def _collect(effects: list[Hits]) -> tuple[list[Level], list[QuotaLevel]]:
             levels.extend(e.levels)
         if e.quotas:
             quotas.extend(e.quotas)
-    return levels, quotas
+        if e.detail:
+            detail = True
+    return levels, quotas, detail
 
 
 def _verdicts(effects: list[Hits], raw: Raw) -> list[Deny | None]:
     now, admitted, bres, qres = raw
     if admitted:
         for e in effects:
-            if e.owner.headers:
+            if e.detail:
                 break
         else:
             return [None] * len(effects)
@@ -212,7 +289,7 @@ def _verdicts(effects: list[Hits], raw: Raw) -> list[Deny | None]:
                 ok, diff = bres[i]
                 i += 1
                 if not ok:
-                    wait = max(wait, diff - lv.capacity)
+                    wait = max(wait, diff - lv.spec.capacity)
         if not throttled:
             j = 0
             for e in effects:
@@ -228,22 +305,23 @@ def _verdicts(effects: list[Hits], raw: Raw) -> list[Deny | None]:
         verdict: Deny | None = None
         items: list[tuple[str, int, int, int, int]] = []
         for lv in e.levels:
+            sp = lv.spec
             ok, diff = bres[i]
             i += 1
             if not ok:
                 verdict = Deny("THROTTLED", headers=retry)
-            if e.owner.headers:
+            if e.detail:
                 if admitted:
-                    remaining = int((lv.capacity - diff) / lv.interval + _EPS)
+                    remaining = int((sp.capacity - diff) / sp.interval + _EPS)
                     full_in = diff
                 else:
-                    remaining = 0 if not ok else int((lv.capacity - diff) / lv.interval + 1 + _EPS)
-                    full_in = diff - lv.interval
+                    remaining = 0 if not ok else int((sp.capacity - diff) / sp.interval + 1 + _EPS)
+                    full_in = diff - sp.interval
                 items.append(
                     (
-                        lv.name,
-                        lv.burst,
-                        max(1, math.ceil(lv.capacity - _EPS)),
+                        sp.name,
+                        sp.burst,
+                        max(1, math.ceil(sp.capacity - _EPS)),
                         max(0, remaining),
                         max(0, math.ceil(full_in - _EPS)),
                     )
@@ -253,19 +331,19 @@ def _verdicts(effects: list[Hits], raw: Raw) -> list[Deny | None]:
             j += 1
             if not ok and not throttled:
                 verdict = Deny("QUOTA_EXCEEDED", headers=retry)
-            if e.owner.headers:
+            if e.detail:
                 used = count + 1 if admitted else count
-                start, _ = period_bounds(int(now // 86400), q.kind, q.offset)
+                start = q.bounds(now)[0]
                 items.append(
                     (
                         q.name,
                         q.limit,
-                        int(end) - start * 86400,
+                        int(end - start),
                         max(0, q.limit - used),
                         max(0, math.ceil(end - now)),
                     )
                 )
-        if items:
+        if items and e.ctx is not None:
             e.ctx.extra[e.owner.header_slot] = items
         out.append(verdict)
     return out
@@ -286,32 +364,80 @@ class Store:
         self._last_log = -math.inf
         self._down_until = -math.inf
         self._state_lock = threading.Lock()
+        self._windows: Any = None
 
     # Batcher protocol -------------------------------------------------------------------
 
     def run_many_sync(self, effects: list[Hits]) -> list[Deny | None]:
-        levels, quotas = _collect(effects)
+        if len(effects) == 1:  # one policy's effect: no lists to merge
+            e = effects[0]
+            if e.resolve is not None:
+                e.levels = e.resolve()
+                e.resolve = None
+            if not e.levels and not e.quotas:
+                return [None]
+            try:
+                raw = self.decide_sync(e, e.levels, e.quotas, e.detail)
+            except StorageError as exc:
+                return self._failed(effects, exc)
+            return [None] if raw is None else _verdicts(effects, raw)
+        levels, quotas, detail = _collect(effects)
         if not levels and not quotas:
             return [None] * len(effects)
         try:
-            raw = self.check_sync(levels, quotas)
+            raw = self.decide_sync(None, levels, quotas, detail)
         except StorageError as exc:
             return self._failed(effects, exc)
-        return _verdicts(effects, raw)
+        return [None] * len(effects) if raw is None else _verdicts(effects, raw)
 
     async def run_many_async(self, effects: list[Hits]) -> list[Deny | None]:
-        levels, quotas = _collect(effects)
+        if len(effects) == 1:
+            e = effects[0]
+            if e.resolve is not None:
+                e.levels = e.resolve()
+                e.resolve = None
+            if not e.levels and not e.quotas:
+                return [None]
+            try:
+                raw = await self.decide_async(e, e.levels, e.quotas, e.detail)
+            except StorageError as exc:
+                return self._failed(effects, exc)
+            return [None] if raw is None else _verdicts(effects, raw)
+        levels, quotas, detail = _collect(effects)
         if not levels and not quotas:
             return [None] * len(effects)
         try:
-            raw = await self.check_async(levels, quotas)
+            raw = await self.decide_async(None, levels, quotas, detail)
         except StorageError as exc:
             return self._failed(effects, exc)
-        return _verdicts(effects, raw)
+        return [None] * len(effects) if raw is None else _verdicts(effects, raw)
 
     # What each store implements ---------------------------------------------------------
 
+    def decide_sync(
+        self,
+        effect: Hits | None,
+        levels: Sequence[Level],
+        quotas: Sequence[QuotaLevel],
+        detail: bool,
+    ) -> Raw | None:
+        """Check and commit (all or nothing): ``None`` when admitted and ``detail`` is
+        false, else the :data:`Raw` answer. ``effect`` is the single effect decided, if
+        so, for stores that precompute per effect."""
+        raw = self.check_sync(levels, quotas)
+        return None if raw[1] and not detail else raw
+
+    async def decide_async(
+        self,
+        effect: Hits | None,
+        levels: Sequence[Level],
+        quotas: Sequence[QuotaLevel],
+        detail: bool,
+    ) -> Raw | None:
+        return self.decide_sync(effect, levels, quotas, detail)
+
     def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        """Check and commit (all or nothing), and answer in detail."""
         raise NotImplementedError
 
     async def check_async(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
@@ -330,7 +456,7 @@ class Store:
 
     # Failures ---------------------------------------------------------------------------
 
-    def _failed(self, effects: list[Hits], exc: BaseException) -> list[Deny | None]:
+    def _failed(self, effects: Sequence[Any], exc: BaseException) -> list[Deny | None]:
         now = time.monotonic()
         with self._state_lock:
             self.errors += 1
@@ -374,8 +500,10 @@ class MemoryStore(Store):
             raise ConfigurationError("max_buckets", "must be a positive int")
         self.clock = clock
         self.max_buckets = max_buckets
+        # Bucket key -> theoretical arrival time, least recently used first.
         self._buckets: OrderedDict[str, float] = OrderedDict()
-        self._quotas: dict[str, tuple[int, int]] = {}
+        # Quota key -> [first day of the period counted, count].
+        self._quotas: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         self._ops = 0
 
@@ -383,68 +511,126 @@ class MemoryStore(Store):
         """How many buckets are held (full buckets are not)."""
         return len(self._buckets)
 
-    def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+    def decide_sync(
+        self,
+        effect: Hits | None,
+        levels: Sequence[Level],
+        quotas: Sequence[QuotaLevel],
+        detail: bool,
+    ) -> Raw | None:
+        if detail or len(quotas) > 1:
+            raw = self.check_sync(levels, quotas)
+            return None if raw[1] and not detail else raw
         buckets = self._buckets
-        if len(levels) == 1 and not quotas:  # the common case: one bucket, nothing else
+        if not quotas and len(levels) == 1:  # the common case: one bucket, nothing else
             lv = levels[0]
             key = lv.key
+            sp = lv.spec
             with self._lock:
                 now = self.clock()
                 tat = buckets.get(key, now)
                 if tat < now:
                     tat = now
-                diff = tat + lv.interval - now
-                ok = diff <= lv.capacity + _EPS
+                diff = tat + sp.interval - now
+                ok = diff <= sp.capacity_eps
                 if ok:
                     buckets[key] = now + diff
                     buckets.move_to_end(key)
-                self._ops += 1
-                if not self._ops & 15 or len(buckets) > self.max_buckets:
+                self._ops = ops = self._ops + 1
+                if not ops & 15 or len(buckets) > self.max_buckets:
                     self._sweep(now)
-            return now, ok, [(ok, diff)], []
+            return None if ok else (now, False, [(False, diff)], [])
         with self._lock:
             now = self.clock()
-            admitted = True
-            bres: list[tuple[bool, float]] = []
+            # Decide without building an answer; a refusal (rare) is answered in detail by
+            # ``_check`` at the same instant, still under the lock, committing nothing.
             pending: dict[str, float] = {}
             for lv in levels:
                 key = lv.key
+                sp = lv.spec
                 held = pending.get(key) if pending else None
                 tat = buckets.get(key, now) if held is None else held
                 if tat < now:
                     tat = now
-                diff = tat + lv.interval - now
-                if diff <= lv.capacity + _EPS:
-                    pending[key] = now + diff
-                    bres.append((True, diff))
+                diff = tat + sp.interval - now
+                if diff > sp.capacity_eps:
+                    return self._check(now, levels, quotas)
+                pending[key] = now + diff
+            entry: list[int] | None = None
+            if quotas:
+                q = quotas[0]
+                bounds = q._bounds
+                if not bounds[0] <= now < bounds[1]:
+                    bounds = q.bounds(now)
+                start = bounds[2]
+                entry = self._quotas.get(q.key)
+                if entry is None or entry[0] != start:
+                    entry = self._quotas[q.key] = [start, 0]
+                if entry[1] >= q.limit:
+                    return self._check(now, levels, quotas)
+                entry[1] += 1
+            move = buckets.move_to_end
+            for key, tat in pending.items():
+                buckets[key] = tat
+                move(key)
+            self._ops = ops = self._ops + 1
+            if not ops & 15 or len(buckets) > self.max_buckets:
+                self._sweep(now)
+        return None
+
+    def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        with self._lock:
+            return self._check(self.clock(), levels, quotas)
+
+    def _check(self, now: float, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        """Decide in detail and commit if admitted; the caller holds the lock."""
+        buckets = self._buckets
+        admitted = True
+        bres: list[tuple[bool, float]] = []
+        pending: dict[str, float] = {}
+        for lv in levels:
+            key = lv.key
+            sp = lv.spec
+            held = pending.get(key) if pending else None
+            tat = buckets.get(key, now) if held is None else held
+            if tat < now:
+                tat = now
+            diff = tat + sp.interval - now
+            if diff <= sp.capacity_eps:
+                pending[key] = now + diff
+                bres.append((True, diff))
+            else:
+                admitted = False
+                bres.append((False, diff))
+        qres: list[tuple[bool, int, float]] = []
+        if quotas:
+            counted: dict[str, tuple[int, int]] = {}
+            stored = self._quotas
+            for q in quotas:
+                _, end, start, _ = q.bounds(now)
+                held_q = counted.get(q.key)
+                if held_q is not None:
+                    count = held_q[1] if held_q[0] == start else 0
+                else:
+                    entry = stored.get(q.key)
+                    count = entry[1] if entry is not None and entry[0] == start else 0
+                ok = count < q.limit
+                if ok:
+                    counted[q.key] = (start, count + 1)
                 else:
                     admitted = False
-                    bres.append((False, diff))
-            qres: list[tuple[bool, int, float]] = []
-            if quotas:
-                qpending: dict[str, tuple[int, int]] = {}
-                day = int(now // 86400)
-                stored = self._quotas
-                for q in quotas:
-                    start, end = period_bounds(day, q.kind, q.offset)
-                    entry = qpending.get(q.key) or stored.get(q.key)
-                    count = entry[1] if entry is not None and entry[0] == start else 0
-                    ok = count < q.limit
-                    if ok:
-                        qpending[q.key] = (start, count + 1)
-                    else:
-                        admitted = False
-                    qres.append((ok, count, end * 86400.0))
-                if admitted:
-                    stored.update(qpending)
+                qres.append((ok, count, end))
             if admitted:
-                move = buckets.move_to_end
-                for key, tat in pending.items():
-                    buckets[key] = tat
-                    move(key)
-            self._ops += 1
-            if not self._ops & 15 or len(buckets) > self.max_buckets:
-                self._sweep(now)
+                for key, (start, count) in counted.items():
+                    stored[key] = [start, count]
+        if admitted:
+            move = buckets.move_to_end
+            for key, tat in pending.items():
+                buckets[key] = tat
+                move(key)
+        self._ops += 1
+        if not self._ops & 15 or len(buckets) > self.max_buckets:
+            self._sweep(now)
         return now, admitted, bres, qres
 
     def _sweep(self, now: float) -> None:
@@ -459,6 +645,34 @@ class MemoryStore(Store):
                 return
             del buckets[oldest]
 
+    def run_many_sync(self, effects: list[Hits]) -> list[Deny | None]:
+        if len(effects) == 1:
+            e = effects[0]
+            levels = e.levels
+            if not e.detail and not e.quotas and len(levels) == 1 and e.resolve is None:
+                # One policy, one bucket, no headers: the common case, decided inline.
+                lv = levels[0]
+                key = lv.key
+                sp = lv.spec
+                buckets = self._buckets
+                with self._lock:
+                    now = self.clock()
+                    tat = buckets.get(key, now)
+                    if tat < now:
+                        tat = now
+                    diff = tat + sp.interval - now
+                    ok = diff <= sp.capacity_eps
+                    if ok:
+                        buckets[key] = now + diff
+                        buckets.move_to_end(key)
+                    self._ops = ops = self._ops + 1
+                    if not ops & 15 or len(buckets) > self.max_buckets:
+                        self._sweep(now)
+                if ok:
+                    return [None]
+                return _verdicts(effects, (now, False, [(False, diff)], []))
+        return Store.run_many_sync(self, effects)
+
     async def run_many_async(self, effects: list[Hits]) -> list[Deny | None]:
         # Nothing to wait for in memory: the sync path, without a second coroutine.
         return self.run_many_sync(effects)
@@ -467,7 +681,7 @@ class MemoryStore(Store):
         with self._lock:
             start, _ = period_bounds(int(self.clock() // 86400), kind, offset)
             entry = self._quotas.get(key)
-        return entry[1] if entry is not None and entry[0] == start else 0
+            return entry[1] if entry is not None and entry[0] == start else 0
 
     def quota_reset(self, key: str) -> None:
         with self._lock:
@@ -481,117 +695,142 @@ class MemoryStore(Store):
 
 _LUA: Final = """
 -- KEYS: bucket keys, then quota keys.
--- ARGV: nb, nq, now (microseconds, '' for the server clock),
---       (interval_us, capacity_us) per bucket, (limit, kind, offset) per quota.
-local nb = tonumber(ARGV[1])
-local nq = tonumber(ARGV[2])
+-- ARGV[1]: 'interval capacity ...|limit kind offset ...': each bucket's interval and
+--          capacity in microseconds, each quota's limit, period kind and offset.
+-- ARGV[2]: '' or 'd' (answer in detail even when admitted), followed by the time in
+--          microseconds, or nothing for the server's clock.
+-- Returns 1 when admitted (unless 'd'), else {now, admitted, (ok, diff) per bucket,
+-- (ok, count, period end in days) per quota}.
+local spec = ARGV[1]
+local bar = string.find(spec, '|', 1, true)
+local bp = {}
+for v in string.gmatch(string.sub(spec, 1, bar - 1), '%S+') do bp[#bp + 1] = tonumber(v) end
+local nb = #bp / 2
+local qp = {}
+for v in string.gmatch(string.sub(spec, bar + 1), '%S+') do qp[#qp + 1] = tonumber(v) end
+local nq = #qp / 3
+local mode = ARGV[2]
+local detail = string.sub(mode, 1, 1) == 'd'
+if detail then mode = string.sub(mode, 2) end
 local now
-if ARGV[3] ~= '' then
-  now = tonumber(ARGV[3])
+if mode ~= '' then
+  now = tonumber(mode)
 else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-local function civil_from_days(z)
-  z = z + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m
-  if mp < 10 then m = mp + 3 else m = mp - 9 end
-  local y = yoe + era * 400
-  if m <= 2 then y = y + 1 end
-  return y, m, d
-end
-local function bounds(day, kind, offset)
-  if kind == 0 then return day, day + 1 end
-  if kind == 1 then
-    local s = day - ((day - 3 - offset) % 7)
-    return s, s + 7
-  end
-  local y, m, d = civil_from_days(day)
-  if d - 1 < offset then
-    if m == 1 then y = y - 1; m = 12 else m = m - 1 end
-  end
-  local ny, nm = y, m + 1
-  if m == 12 then ny = y + 1; nm = 1 end
-  return days_from_civil(y, m, offset + 1), days_from_civil(ny, nm, offset + 1)
-end
-local out = {now, 1}
+local vals = redis.call('MGET', unpack(KEYS))
 local ok = 1
 local pend = {}
+local bres = {}
 for i = 1, nb do
   local k = KEYS[i]
-  local interval = tonumber(ARGV[2 + 2 * i])
-  local capacity = tonumber(ARGV[3 + 2 * i])
+  local interval = bp[2 * i - 1]
   local tat = pend[k]
-  if tat == nil then tat = tonumber(redis.call('GET', k) or '0') end
+  if tat == nil then tat = tonumber(vals[i] or '0') end
   if tat < now then tat = now end
   local diff = tat + interval - now
-  if diff <= capacity + 1 then
+  if diff <= bp[2 * i] + 1 then
     pend[k] = tat + interval
-    out[#out + 1] = 1
+    bres[i] = 1
   else
     ok = 0
-    out[#out + 1] = 0
+    bres[i] = 0
   end
-  out[#out + 1] = math.ceil(diff)
+  bres[nb + i] = diff
 end
-local base = 3 + 2 * nb
-local day = math.floor(now / 86400000000)
+local qres = {}
 local qpend = {}
 local qstart = {}
 local qend = {}
-for j = 1, nq do
-  local k = KEYS[nb + j]
-  local limit = tonumber(ARGV[base + 3 * j - 2])
-  local s, e = bounds(day, tonumber(ARGV[base + 3 * j - 1]), tonumber(ARGV[base + 3 * j]))
-  local count = qpend[k]
-  if count == nil then
-    count = 0
-    local v = redis.call('GET', k)
-    if v then
-      local p, n = string.match(v, '^(-?%d+):(%d+)$')
-      if p and tonumber(p) == s then count = tonumber(n) end
+if nq > 0 then
+  local function days_from_civil(y, m, d)
+    if m <= 2 then y = y - 1 end
+    local era = math.floor(y / 400)
+    local yoe = y - era * 400
+    local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
+    local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+    return era * 146097 + doe - 719468
+  end
+  local function civil_from_days(z)
+    z = z + 719468
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+      - math.floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local d = doy - math.floor((153 * mp + 2) / 5) + 1
+    local m
+    if mp < 10 then m = mp + 3 else m = mp - 9 end
+    local y = yoe + era * 400
+    if m <= 2 then y = y + 1 end
+    return y, m, d
+  end
+  local function bounds(day, kind, offset)
+    if kind == 0 then return day, day + 1 end
+    if kind == 1 then
+      local s = day - ((day - 3 - offset) % 7)
+      return s, s + 7
     end
+    local y, m, d = civil_from_days(day)
+    if d - 1 < offset then
+      if m == 1 then y = y - 1; m = 12 else m = m - 1 end
+    end
+    local ny, nm = y, m + 1
+    if m == 12 then ny = y + 1; nm = 1 end
+    return days_from_civil(y, m, offset + 1), days_from_civil(ny, nm, offset + 1)
   end
-  if count < limit then
-    qpend[k] = count + 1
-    out[#out + 1] = 1
-  else
-    ok = 0
-    out[#out + 1] = 0
+  local day = math.floor(now / 86400000000)
+  for j = 1, nq do
+    local k = KEYS[nb + j]
+    local limit = qp[3 * j - 2]
+    local s, e = bounds(day, qp[3 * j - 1], qp[3 * j])
+    local count = qpend[k]
+    if count == nil then
+      count = 0
+      local v = vals[nb + j]
+      if v then
+        local p, n = string.match(v, '^(-?%d+):(%d+)$')
+        if p and tonumber(p) == s then count = tonumber(n) end
+      end
+    end
+    if count < limit then
+      qpend[k] = count + 1
+      qres[3 * j - 2] = 1
+    else
+      ok = 0
+      qres[3 * j - 2] = 0
+    end
+    qstart[k] = s
+    qend[k] = e
+    qres[3 * j - 1] = count
+    qres[3 * j] = e
   end
-  qstart[k] = s
-  qend[k] = e
-  out[#out + 1] = count
-  out[#out + 1] = e
 end
 if ok == 1 then
   for k, tat in pairs(pend) do
-    redis.call('SET', k, string.format('%.17g', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+    -- A number argument is sent as '%.17g': no precision is lost.
+    redis.call('SET', k, tat, 'PX', math.ceil((tat - now) / 1000) + 1)
   end
   for k, count in pairs(qpend) do
-    redis.call('SET', k, string.format('%d:%d', qstart[k], count),
+    redis.call('SET', k, qstart[k] .. ':' .. count,
       'EX', qend[k] * 86400 - math.floor(now / 1000000) + 3600)
   end
+  if not detail then return 1 end
 end
-out[2] = ok
+local out = {now, ok}
+for i = 1, nb do
+  out[#out + 1] = bres[i]
+  out[#out + 1] = math.ceil(bres[nb + i])
+end
+for j = 1, 3 * nq do out[#out + 1] = qres[j] end
 return out
 """
 _SHA: Final = hashlib.sha1(_LUA.encode()).hexdigest()
+_SHA_B: Final = _SHA.encode()
+_EMPTY: Final = b""
+_DETAIL: Final = b"d"
 
 
 def _safe_uri(uri: str) -> str:
@@ -608,15 +847,21 @@ class RedisClients:
 
     The URI's scheme picks the deployment (``redis``, ``rediss``, ``redis+unix``,
     ``redis+sentinel``, ``redis+cluster``, ``valkey...``); its query string carries client
-    options (``?socket_timeout=1``), which win over the short defaults given here.
+    options (``?socket_timeout=1``), which win over the short defaults given here. The
+    ``limits`` storages themselves are kept too, for the window strategies.
     """
 
-    def __init__(self, uri: str, *, timeout: float = 0.5) -> None:
+    def __init__(self, uri: str, *, timeout: float = 0.5, key_prefix: str = "LIMITS") -> None:
         self.uri = uri.removeprefix("async+")
         self.timeout = timeout
+        self.key_prefix = key_prefix
         self._sync: Any = None
+        self._sync_storage: Any = None
         self._lock = threading.Lock()
-        self._async: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
+        self._async: weakref.WeakKeyDictionary[Any, tuple[Any, Any, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last: tuple[Any, Any, Any] | None = None  # (loop, client, storage)
 
     def _options(self, asynchronous: bool) -> dict[str, Any]:
         if asynchronous:
@@ -635,37 +880,58 @@ class RedisClients:
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
             "retry": retry,
+            "key_prefix": self.key_prefix,
         }
+
+    def sync_storage(self) -> Any:
+        """The ``limits`` storage of the URI (blocking)."""
+        storage = self._sync_storage
+        if storage is None:
+            with self._lock:
+                if self._sync_storage is None:
+                    from limits.storage import storage_from_string
+
+                    made: Any = storage_from_string(self.uri, **self._options(False))
+                    self._sync = made.get_connection()
+                    self._sync_storage = made
+                storage = self._sync_storage
+        return storage
 
     def sync(self) -> Any:
         client = self._sync
         if client is None:
-            with self._lock:
-                if self._sync is None:
-                    from limits.storage import storage_from_string
-
-                    storage: Any = storage_from_string(self.uri, **self._options(False))
-                    self._sync = storage.get_connection()
-                client = self._sync
+            self.sync_storage()
+            client = self._sync
         return client
+
+    async def _entry(self) -> tuple[Any, Any, Any]:
+        loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            return last
+        entry = self._async.get(loop)
+        if entry is None:
+            from limits.storage import storage_from_string
+
+            storage: Any = storage_from_string(
+                "async+" + self.uri, implementation="redispy", **self._options(True)
+            )
+            client = storage.bridge.get_connection()
+            # Close the client's connections when its event loop shuts down: asyncio runs
+            # the ``finally`` of every open async generator then (``shutdown_asyncgens``).
+            closer = _close_on_shutdown(client)
+            await closer.__anext__()
+            entry = self._async[loop] = (client, closer, storage)
+        last = self._last = (loop, entry[0], entry[2])
+        return last
 
     async def aclient(self) -> Any:
-        loop = asyncio.get_running_loop()
-        entry = self._async.get(loop)
-        if entry is not None:
-            return entry[0]
-        from limits.storage import storage_from_string
+        """The asyncio redis-py client of the running event loop."""
+        return (await self._entry())[1]
 
-        storage: Any = storage_from_string(
-            "async+" + self.uri, implementation="redispy", **self._options(True)
-        )
-        client = storage.bridge.get_connection()
-        # Close the client's connections when its event loop shuts down: asyncio runs the
-        # ``finally`` of every open async generator then (``shutdown_asyncgens``).
-        closer = _close_on_shutdown(client)
-        await closer.__anext__()
-        self._async[loop] = (client, closer)
-        return client
+    async def astorage(self) -> Any:
+        """The ``limits`` async storage of the running event loop."""
+        return (await self._entry())[2]
 
 
 async def _close_on_shutdown(client: Any) -> AsyncGenerator[None, None]:
@@ -722,7 +988,11 @@ class RedisStore(Store):
         self.retry_interval = retry_interval
         self.log_interval = log_interval
         self.clock = clock
-        self.clients = RedisClients(uri, timeout=timeout)
+        # ``limits`` joins its key prefix and a key with ":"; window keys then start with
+        # ``prefix`` as this store's own keys do.
+        self.clients = RedisClients(
+            uri, timeout=timeout, key_prefix=prefix[:-1] if prefix.endswith(":") else prefix
+        )
         from redis.exceptions import NoScriptError, RedisError
 
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
@@ -731,23 +1001,35 @@ class RedisStore(Store):
     def describe(self) -> str:
         return f"Redis store {_safe_uri(self.uri)}"
 
-    def _args(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> list[Any]:
+    def _command(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> tuple[Any, ...]:
+        """``(numkeys, *keys, params)`` for the script, as bytes: all but the mode."""
         p = self.prefix
-        args: list[Any] = [p + lv.key for lv in levels]
-        args.extend(p + q.key for q in quotas)
-        args.append(len(levels))
-        args.append(len(quotas))
-        args.append("" if self.clock is None else repr(int(self.clock() * 1e6)))
-        for lv in levels:
-            args.extend(lv.script_args)
-        for q in quotas:
-            args.append(q.limit)
-            args.append(q.kind)
-            args.append(q.offset)
-        return args
+        keys = [(p + lv.key).encode() for lv in levels]
+        keys.extend((p + q.key).encode() for q in quotas)
+        spec = " ".join(lv.spec.params for lv in levels) + "|"
+        spec += " ".join(q.params for q in quotas)
+        return (len(keys), *keys, spec.encode())
+
+    def _mode(self, detail: bool) -> bytes:
+        if self.clock is None:
+            return _DETAIL if detail else _EMPTY
+        now = repr(int(self.clock() * 1e6)).encode()
+        return _DETAIL + now if detail else now
+
+    def _prepared(
+        self, effect: Hits | None, levels: Sequence[Level], quotas: Sequence[QuotaLevel]
+    ) -> tuple[Any, ...]:
+        if effect is None or effect.ctx is not None:  # built for this request only
+            return self._command(levels, quotas)
+        cmd = effect.cmd  # an effect reused for every request: its command is kept
+        if cmd is None or cmd[0] is not self:
+            cmd = effect.cmd = (self, self._command(levels, quotas))
+        return cmd[1]  # type: ignore[no-any-return]
 
     @staticmethod
-    def _raw(reply: list[Any], nb: int, nq: int) -> Raw:
+    def _raw(reply: Any, nb: int, nq: int) -> Raw | None:
+        if reply == 1:
+            return None
         now = reply[0] / 1e6
         bres = [(reply[2 + 2 * i] == 1, reply[3 + 2 * i] / 1e6) for i in range(nb)]
         base = 2 + 2 * nb
@@ -769,33 +1051,57 @@ class RedisStore(Store):
         self._down_until = time.monotonic() + self.retry_interval
         return StorageError(f"{type(exc).__name__}: {exc}")
 
-    def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
-        self._gate()
-        nkeys = len(levels) + len(quotas)
-        args = self._args(levels, quotas)
+    def decide_sync(
+        self,
+        effect: Hits | None,
+        levels: Sequence[Level],
+        quotas: Sequence[QuotaLevel],
+        detail: bool,
+    ) -> Raw | None:
+        if self._down_until > -math.inf:
+            self._gate()
+        cmd = self._prepared(effect, levels, quotas)
+        mode = self._mode(detail)
         try:
             client = self.clients.sync()
             try:
-                reply = client.evalsha(_SHA, nkeys, *args)
+                reply = client.evalsha(_SHA_B, *cmd, mode)
             except self._noscript:
-                reply = client.eval(_LUA, nkeys, *args)
+                reply = client.eval(_LUA, *cmd, mode)
         except self._errors as exc:
             raise self._down(exc) from exc
         return self._raw(reply, len(levels), len(quotas))
 
-    async def check_async(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
-        self._gate()
-        nkeys = len(levels) + len(quotas)
-        args = self._args(levels, quotas)
+    async def decide_async(
+        self,
+        effect: Hits | None,
+        levels: Sequence[Level],
+        quotas: Sequence[QuotaLevel],
+        detail: bool,
+    ) -> Raw | None:
+        if self._down_until > -math.inf:
+            self._gate()
+        cmd = self._prepared(effect, levels, quotas)
+        mode = self._mode(detail)
         try:
             client = await self.clients.aclient()
             try:
-                reply = await client.evalsha(_SHA, nkeys, *args)
+                reply = await client.evalsha(_SHA_B, *cmd, mode)
             except self._noscript:
-                reply = await client.eval(_LUA, nkeys, *args)
+                reply = await client.eval(_LUA, *cmd, mode)
         except self._errors as exc:
             raise self._down(exc) from exc
         return self._raw(reply, len(levels), len(quotas))
+
+    def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        raw = self.decide_sync(None, levels, quotas, True)
+        assert raw is not None
+        return raw
+
+    async def check_async(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        raw = await self.decide_async(None, levels, quotas, True)
+        assert raw is not None
+        return raw
 
     def quota_used(self, key: str, kind: int, offset: int) -> int:
         try:
