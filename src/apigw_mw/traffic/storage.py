@@ -673,6 +673,9 @@ class MemoryStore(Store):
                 return _verdicts(effects, (now, False, [(False, diff)], []))
         return Store.run_many_sync(self, effects)
 
+    #: In-process work that never blocks: the pipeline performs it without a driver hop.
+    inline = True
+
     async def run_many_async(self, effects: list[Hits]) -> list[Deny | None]:
         # Nothing to wait for in memory: the sync path, without a second coroutine.
         return self.run_many_sync(effects)
