@@ -77,6 +77,7 @@ class Identity:
     """
 
     __slots__ = (
+        "_source_ip",
         "_user_agent",
         "access_key",
         "account_id",
@@ -86,7 +87,6 @@ class Identity:
         "client_cert",
         "cognito_identity_id",
         "principal_org_id",
-        "source_ip",
         "user",
         "user_arn",
     )
@@ -106,8 +106,9 @@ class Identity:
         ("client_cert", "clientCert"),
     )
 
-    def __init__(self, source_ip: str | None, user_agent: Any) -> None:
-        self.source_ip = source_ip
+    def __init__(self, source_ip: Any, user_agent: Any) -> None:
+        # Either may be a callable: resolved on first read, as most requests never ask.
+        self._source_ip = source_ip
         self._user_agent = user_agent
         self.api_key: str | None = None
         self.api_key_id: str | None = None
@@ -119,6 +120,18 @@ class Identity:
         self.user_arn: str | None = None
         self.principal_org_id: str | None = None
         self.cognito_identity_id: str | None = None
+
+    @property
+    def source_ip(self) -> str | None:
+        """The client address (through trusted proxies' ``X-Forwarded-For``)."""
+        ip = self._source_ip
+        if callable(ip):
+            ip = self._source_ip = ip()
+        return ip  # type: ignore[no-any-return]
+
+    @source_ip.setter
+    def source_ip(self, value: str | None) -> None:
+        self._source_ip = value
 
     @property
     def user_agent(self) -> str | None:
@@ -266,7 +279,7 @@ class RequestContext:
         request = self._req()
         if request is None:
             return Identity(None, None)
-        return Identity(request.source_ip, lambda: request.headers.get("user-agent"))
+        return Identity(lambda: request.source_ip, lambda: request.header("user-agent"))
 
     @_once
     def authorizer(self) -> dict[str, Any]:

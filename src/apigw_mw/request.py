@@ -19,6 +19,9 @@ __all__ = ["Headers", "Request", "TrustedProxies"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_NAMES: dict[bytes, str] = {}
+
+
 class Headers(Mapping[str, str]):
     """Case-insensitive, read-only request headers.
 
@@ -34,13 +37,23 @@ class Headers(Mapping[str, str]):
         self._items = items
         mapping: dict[str, str] = {}
         for name, value in items:
-            mapping.setdefault(name, value)
+            if name not in mapping:  # the first value of a repeated header wins
+                mapping[name] = value
         self._map = mapping
 
     @classmethod
     def from_raw(cls, raw: Any) -> Headers:
         """From ASGI's ``[(name_bytes, value_bytes), ...]``."""
-        return cls([(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw])
+        names = _NAMES
+        items = []
+        for k, v in raw:
+            name = names.get(k)
+            if name is None:
+                name = k.decode("latin-1").lower()
+                if len(names) < 512:  # header names repeat: decode each once
+                    names[k] = name
+            items.append((name, v.decode("latin-1")))
+        return cls(items)
 
     def __getitem__(self, name: str) -> str:
         return self._map[name.lower()]
@@ -266,6 +279,17 @@ class Request:
                 return v.decode("latin-1")  # type: ignore[no-any-return]
         return None
 
+    def header_values(self, name: str) -> list[str]:
+        """Every value of one header, in order, without building the whole mapping."""
+        h = self._headers
+        if h is not None:
+            return h.getlist(name)
+        raw = self._raw_headers
+        if callable(raw):  # WSGI: the server joined repeated headers with commas
+            return self.headers.getlist(name)
+        wanted = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in raw or () if k == wanted]
+
     @property
     def query(self) -> Mapping[str, list[str]]:
         """Query parameters: name to every value, in order (``?q=`` gives ``[""]``)."""
@@ -286,7 +310,7 @@ class Request:
         if c is False:
             proxies = self._proxies
             if proxies:
-                c = proxies.client_address(self.peer, self.headers.getlist("x-forwarded-for"))
+                c = proxies.client_address(self.peer, self.header_values("x-forwarded-for"))
             else:
                 c = self.peer
             self._client = c

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from apigw_mw import ConfigurationError, Metrics, RouteTable, Stage
@@ -96,6 +97,17 @@ def test_no_op_meter_provider_costs_nothing(make_client: Any) -> None:
     client = make_client([Metrics(NoOpMeterProvider()), ROUTES])
     assert client.get("/pets/1").status_code == 200
     assert OFF in client.middleware.gateway.pipeline.policies
+
+
+def test_unconfigured_global_meter_provider_costs_nothing(make_client: Any) -> None:
+    """The tests leave OpenTelemetry's globals unset: the global provider is the API's
+    stand-in, and the policy takes itself out as for the no-op provider."""
+    from opentelemetry import metrics
+
+    assert not isinstance(metrics.get_meter_provider(), MeterProvider)
+    client = make_client([Metrics(), ROUTES])
+    assert client.get("/pets/1").status_code == 200
+    assert client.middleware.gateway.pipeline.policies == [OFF]
 
 
 def test_bad_meter_provider_is_a_configuration_error() -> None:

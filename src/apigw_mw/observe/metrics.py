@@ -5,6 +5,7 @@ metrics in the docs (``Count``, ``4XXError``, ``5XXError``, ``Latency``,
 from __future__ import annotations
 
 import copy
+import logging
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,20 @@ if TYPE_CHECKING:
 
 __all__ = ["Metrics"]
 
+_log = logging.getLogger("apigw_mw")
+
+
+def _proxy_providers() -> tuple[type, ...]:
+    """The API's stand-in for an unset global provider (a private class: none if a future
+    API drops it, and an unset global provider then counts as configured)."""
+    try:
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # pragma: no cover - depends on the installed API
+        return ()
+    return (_ProxyMeterProvider,)
+
+
+_PROXY_PROVIDERS = _proxy_providers()
 _METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
@@ -45,8 +60,10 @@ class Metrics(BasePolicy):
     """Request metrics through the OpenTelemetry metrics API.
 
     Args:
-        meter_provider: the provider to record with; ``None`` uses the global one. The API's
-            no-op provider is noticed at start-up and the policy then costs nothing.
+        meter_provider: the provider to record with; ``None`` uses the global one
+            (``opentelemetry.metrics.set_meter_provider``), looked up once, when the
+            middleware is built: set it before that. With no provider configured, or the
+            API's no-op one, the policy switches itself off and costs nothing per request.
 
     Instruments:
 
@@ -92,11 +109,14 @@ class Metrics(BasePolicy):
 
     def bind(self, settings: GatewaySettings) -> Policy:
         provider = self.meter_provider
-        meter = (
-            metrics.get_meter("apigw_mw", __version__)
-            if provider is None
-            else provider.get_meter("apigw_mw", __version__)
-        )
+        if provider is None:
+            provider = metrics.get_meter_provider()
+            if isinstance(provider, _PROXY_PROVIDERS):
+                # Unset, the global provider is the API's proxy: nothing records. Set the
+                # global provider before the middleware is built, or pass one here.
+                _log.info("Metrics are off: no OpenTelemetry meter provider is configured")
+                return OFF
+        meter = provider.get_meter("apigw_mw", __version__)
         if isinstance(meter, metrics.NoOpMeter):
             return OFF
         bound = copy.copy(self)

@@ -52,6 +52,8 @@ _EMPTY = otel_context.Context()
 
 _UNRESOLVED, _ON, _OFF = 0, 1, 2
 _SERVER = SpanKind.SERVER
+_SAMPLED_FLAGS = TraceFlags(TraceFlags.SAMPLED)
+_DEFAULT_FLAGS = TraceFlags(TraceFlags.DEFAULT)
 # The descriptions of the SDK's samplers, none of which reads span attributes.
 _BLIND_SAMPLER = re.compile(
     r"(?:ParentBased|AlwaysOnSampler|AlwaysOffSampler|TraceIdRatioBased\{[0-9.e+-]+\}"
@@ -374,7 +376,7 @@ class Tracing(BasePolicy):
             return tracer.start_span(name, context=current, kind=_SERVER, attributes=attrs), None
         header, state = found
         if header.span_id:
-            flags = TraceFlags(TraceFlags.SAMPLED if header.sampled else TraceFlags.DEFAULT)
+            flags = _SAMPLED_FLAGS if header.sampled else _DEFAULT_FLAGS
             parent = _in_context(
                 NonRecordingSpan(
                     SpanContext(

@@ -75,10 +75,11 @@ def parse_xray(values: list[str]) -> TraceHeader | None:
     value = values[0]
     m = _CANONICAL_XRAY.fullmatch(value)
     if m is not None:
-        fast_trace, fast_span = int(m[1] + m[2], 16), int(m[3], 16)
+        epoch_hex, random_hex, parent_hex, sampled_flag = m.groups()
+        fast_trace, fast_span = int(epoch_hex + random_hex, 16), int(parent_hex, 16)
         if not fast_trace or not fast_span:
             return None  # all-zero ids are invalid
-        return TraceHeader(fast_trace, fast_span, _SAMPLED[m[4]])
+        return TraceHeader(fast_trace, fast_span, _SAMPLED[sampled_flag])
     if len(value) > MAX_XRAY_LENGTH:
         return None
     root = parent = sampled = None
