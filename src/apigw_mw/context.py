@@ -33,6 +33,17 @@ _PREFIX = f"{_rand[:8]}-{_rand[8:12]}-4{_rand[12:15]}-{_VARIANT}{_rand[16:19]}-"
 _counter = itertools.count(int(_rand[19:31], 16))
 
 
+# Extended ids look like API Gateway's ("K8QKmGxJIAMEbGQ="): 14 base64 characters and "=",
+# here a random per-process prefix followed by a counter.
+_EXT_PREFIX = b64encode(os.urandom(6)).decode()[:6]
+_ext_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def new_extended_id() -> str:
+    """A fresh extended request id (``x-amz-apigw-id``)."""
+    return f"{_EXT_PREFIX}{next(_ext_counter) & 0xFFFFFFFF:08x}="
+
+
 def new_request_id() -> str:
     """A fresh request id (UUID-4 shaped)."""
     return f"{_PREFIX}{next(_counter) & 0xFFFFFFFFFFFF:012x}"
@@ -296,7 +307,7 @@ class RequestContext:
         """API Gateway's ``extendedRequestId`` (also sent as ``x-amz-apigw-id``)."""
         ext = self._extended_id
         if ext is None:
-            ext = self._extended_id = b64encode(os.urandom(10)).decode()[:-2] + "="
+            ext = self._extended_id = new_extended_id()
         return ext
 
     @property

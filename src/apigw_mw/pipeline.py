@@ -255,6 +255,8 @@ class Pipeline:
                     f"{type(p).__name__} is not a policy (needs a phase and a flow method)",
                 )
             b = p.bind(settings) if hasattr(p, "bind") else p
+            if _inert(b):
+                continue  # an observer with nothing to do (e.g. tracing without an SDK)
             bound.append(b)
         # Stable sort: fixed phase order, list order within a phase.
         bound.sort(key=lambda p: int(p.phase))
@@ -514,6 +516,19 @@ class _MissingRoute:
 
     def flow(self, request: Request, context: RequestContext) -> Decision:
         return _MISSING_ROUTE
+
+
+def _inert(policy: Any) -> bool:
+    """An observer on every route with no flow of its own and no hook: it does nothing."""
+    return (
+        policy.phase == Phase.OBSERVE
+        and getattr(type(policy), "flow", None) is BasePolicy.flow
+        and getattr(policy, "routes", None) is None
+        and all(
+            getattr(policy, hook, None) is None
+            for hook in ("on_request", "on_response", "on_complete")
+        )
+    )
 
 
 def _merge(ctx: RequestContext, allow: Allow) -> None:
