@@ -81,10 +81,10 @@ class _once(Generic[_T]):
 class Identity:
     """Who the caller is, as far as the gateway knows (``$context.identity``).
 
-    Attributes: ``source_ip``, ``user_agent``, ``api_key`` (never the key itself once
-    verified: API Gateway writes the key value here, apigw-mw writes it only when the app asks
-    for ``as_dict(include_secrets=True)``), ``api_key_id``, ``client_cert`` (a mapping),
-    ``access_key``, ``caller``, ``user``, ``user_arn``, ``principal_org_id``.
+    Attributes: ``source_ip``, ``user_agent``, ``api_key`` (the key the caller presented,
+    for the app only: access logs, gateway-response templates and ``as_dict()`` never show
+    it), ``api_key_id``, ``client_cert`` (a mapping), ``access_key``, ``caller``, ``user``,
+    ``user_arn``, ``principal_org_id``.
     """
 
     __slots__ = (

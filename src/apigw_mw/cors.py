@@ -38,7 +38,8 @@ class Cors(BasePolicy):
         expose_headers: response headers the browser may read.
         max_age: seconds a browser may cache the preflight answer.
         allow_credentials: allow cookies and credentials; not allowed with origin ``*``.
-        routes: route patterns it applies to (default: every request).
+        routes: route patterns it applies to (default: every request); the preflights of
+            those routes (``OPTIONS`` on the same paths) are covered too.
 
     Example::
 
@@ -60,6 +61,15 @@ class Cors(BasePolicy):
         routes: Iterable[str] | None = None,
     ) -> None:
         super().__init__(routes=routes)
+        if self.routes is not None:
+            # A preflight is an OPTIONS request to the route's path, whatever method the
+            # route names: cover it too.
+            extra = []
+            for route in self.routes:
+                method, _, path = route.strip().partition(" ")
+                if path and method.upper() not in ("ANY", "OPTIONS"):
+                    extra.append(f"OPTIONS {path.strip()}")
+            self.routes = tuple(dict.fromkeys((*self.routes, *extra)))
         origins = _strings(allow_origins, "Cors.allow_origins")
         for o in origins:
             if not _ORIGIN.match(o):

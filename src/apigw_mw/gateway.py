@@ -122,7 +122,7 @@ class Gateway:
     def request_id(self, supplied: bytes | None) -> str:
         """Keep a client-supplied UUID request id, replace anything else."""
         if supplied is not None and _UUID.match(supplied):
-            return supplied.decode("ascii").lower()
+            return supplied.decode("ascii")
         return new_request_id()
 
     def route_path(self, path: str) -> str | None:

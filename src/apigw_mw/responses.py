@@ -350,7 +350,12 @@ class GatewayResponses:
             if resp.status is not None:
                 given[name] = replace(resp, status=_status(resp.status, name))
         self._given = given
-        self._compiled = {name: self._compile(name) for name in RESPONSE_TYPES}
+        # The customised types first: an error in DEFAULT_4XX / DEFAULT_5XX is then reported
+        # under its own name, not under the first type that falls back to it.
+        self._compiled: dict[str, _Compiled] = {}
+        for name in (*given, *RESPONSE_TYPES):
+            if name not in self._compiled:
+                self._compiled[name] = self._compile(name)
 
     def merged(self, other: GatewayResponses) -> GatewayResponses:
         """These responses with ``other``'s entries taking precedence."""

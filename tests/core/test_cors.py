@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from apigw_mw import ConfigurationError, Cors, Phase, RouteTable
@@ -220,3 +222,18 @@ def test_bad_cors_configuration(kwargs, field):
     with pytest.raises(ConfigurationError) as err:
         Cors(**kwargs)
     assert err.value.field == field
+
+
+def test_route_limited_cors_answers_the_preflights_of_its_routes(make_client: Any) -> None:
+    cors = Cors(allow_origins=["https://a.example"], routes=["GET /pets", "POST /pets/{id}"])
+    client = make_client([cors])
+    preflight = {"origin": "https://a.example", "access-control-request-method": "POST"}
+    for path in ("/pets", "/pets/7"):
+        r = client.options(path, headers=preflight)
+        assert r.status_code == 204, path
+        assert r.headers["access-control-allow-origin"] == "https://a.example"
+        assert r.seen == []
+    # Other paths are not this policy's: the app answers their OPTIONS.
+    r = client.options("/orders", headers=preflight)
+    assert r.status_code == 200
+    assert "access-control-allow-origin" not in r.headers

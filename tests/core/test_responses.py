@@ -99,6 +99,7 @@ def test_message_override_and_null(make_client):
     [
         pytest.param(None, False, id="none"),
         pytest.param("3f1c0c7e-5a7b-4c1e-9d2a-0b6f2e8a9c11", True, id="uuid-kept"),
+        pytest.param("3F1C0C7E-5A7B-4C1E-9D2A-0B6F2E8A9C11", True, id="upper-case-uuid-kept"),
         pytest.param("not-a-uuid", False, id="garbage-replaced"),
         pytest.param("3f1c0c7e-5a7b-4c1e-9d2a-0b6f2e8a9c11x", False, id="uuid-with-suffix"),
         pytest.param("3f1c0c7e5a7b4c1e9d2a0b6f2e8a9c11", False, id="no-dashes"),
@@ -434,3 +435,18 @@ def test_wsgi_status_line_has_the_standard_reason_phrase():
     lines: list[str] = []
     gw(drive.environ(), lambda status, headers, exc_info=None: lines.append(status))
     assert lines == ["418 I'm a Teapot"]
+
+
+@pytest.mark.parametrize(
+    "fallback",
+    [
+        pytest.param(GatewayResponse(headers={"bad name": "x"}), id="header-name"),
+        pytest.param(GatewayResponse(templates={"application/json": "#set($x = 1)"}), id="vtl"),
+        pytest.param(GatewayResponse(templates={"json": "{}"}), id="content-type"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["DEFAULT_4XX", "DEFAULT_5XX"])
+def test_errors_in_a_fallback_name_the_fallback(kind: str, fallback: GatewayResponse) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        GatewayResponses({kind: fallback})
+    assert info.value.field.startswith(f"responses.{kind}")

@@ -659,6 +659,9 @@ class _BoundApiKeyAuth:
             value = found
         if not _well_formed(value):
             return _FORBIDDEN
+        # $context.identity.apiKey, as API Gateway hands it to the backend; logs, templates
+        # and as_dict() never show it.
+        ctx.identity.api_key = value
         digest = _sha256(value.encode("ascii")).digest()
         memory = self._memory
         if memory is not None:
