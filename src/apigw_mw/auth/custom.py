@@ -274,10 +274,9 @@ class LambdaAuthorizer(BasePolicy):
             does (``False``).
         function_name: the name in the Lambda context (default: the handler's name).
 
-    The app finds ``principalId``, each ``context`` value (also under ``lambda`` with
-    payload 2.0) and ``usageIdentifierKey`` in ``get_context(request).authorizer``;
-    ``usageIdentifierKey`` is also put in ``context.extra`` for API keys with source
-    ``AUTHORIZER``.
+    The app finds ``principalId`` and each ``context`` value (also under ``lambda`` with
+    payload 2.0) in ``get_context(request).authorizer``; ``usageIdentifierKey``, an API key,
+    goes only to ``context.extra`` for API keys with source ``AUTHORIZER``.
 
     Answers: the handler raising ``Exception("Unauthorized")`` is 401; an explicit Deny, or
     no Allow for the method ARN, 403 ACCESS_DENIED; any other exception, a timeout or a
@@ -563,8 +562,8 @@ class LambdaAuthorizer(BasePolicy):
         out: dict[str, Any] = {**context, "principalId": str(principal)}
         if self.payload_format == "2.0":
             out["lambda"] = context
-        if usage_key is not None:
-            out["usageIdentifierKey"] = usage_key
+        # usageIdentifierKey is an API key: it goes to the API-key check (context.extra),
+        # never to the app's authorizer map, nor from there to logs, as API Gateway keeps it.
         return _Result(Allow(authorizer=out), False, policy, usage_key, expires)
 
     @staticmethod
