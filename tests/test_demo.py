@@ -132,6 +132,18 @@ def test_iam_route_needs_a_signature_and_names_the_caller() -> None:
     assert response.json()["accessKey"] == DEMO_ACCESS_KEY
 
 
+def test_cognito_groups_and_client_certificate_reach_the_app() -> None:
+    app = build_app()
+    assert send(app, scenario("Cognito route without a token")).status_code == 401
+    assert send(app, scenario("Cognito ID token")).json() == {
+        "user": "alice",
+        "groups": ["pet-owners"],
+    }
+    assert send(app, scenario("without a client certificate")).status_code == 403
+    cert = send(app, scenario("client certificate forwarded")).json()
+    assert cert["subjectDN"] == "CN=demo client,O=apigw-mw demo"
+
+
 def test_invalid_body_is_refused_with_its_detail() -> None:
     response = send(build_app(), scenario("fails the model"))
     assert response.status_code == 400

@@ -56,9 +56,18 @@ DEMO_ROUTES = (
     "POST /orders",
     "GET /orders/{orderId}",
     "GET /pets/{petId}/secrets",
+    "GET /profile",
+    "GET /certs/whoami",
     "GET /reports",
     "GET /whoami",
 )
+
+#: The demo Cognito user pool (its tokens are signed in process; nothing is fetched).
+DEMO_COGNITO_POOL = "us-east-1_Demo12345"
+DEMO_COGNITO_CLIENT = "demo-app-client"
+DEMO_COGNITO_ISSUER = f"https://cognito-idp.us-east-1.amazonaws.com/{DEMO_COGNITO_POOL}"
+#: The header a TLS-terminating proxy (nginx) forwards the client certificate in.
+DEMO_CERT_HEADER = "X-SSL-Client-Cert"
 
 #: SigV4 credentials of the demo's IAM-protected route (``GET /reports``).
 DEMO_ACCESS_KEY = "AKIAAPIGWMWDEMO00001"
@@ -181,19 +190,88 @@ class DemoCredentials:
     writer_token: str
     reader_token: str
     issuer: Any
+    cognito_token: str = ""
+    cognito_issuer: Any = None
+    client_cert_header: str = ""
+    ca_pem: bytes = b""
 
 
 def demo_credentials() -> DemoCredentials:
-    """Fresh demo credentials: a throwaway signing key and two tokens valid for 12 hours."""
+    """Fresh demo credentials: throwaway signing keys, tokens valid for 12 hours, and a
+    client certificate issued by a throwaway CA."""
     from ..auth.jwt import LocalIssuer
 
     issuer = LocalIssuer("https://issuer.demo.apigw-mw.local")
+    cognito = LocalIssuer(DEMO_COGNITO_ISSUER, kid="demo-pool-1")
+    id_claims: dict[str, Any] = {
+        "token_use": "id",
+        "email": "alice@example.com",
+        "cognito:username": "alice",
+        "cognito:groups": ["pet-owners"],
+    }
+    cognito_token = cognito.token(
+        sub="5f3c2a1e-demo-user", audience=DEMO_COGNITO_CLIENT, expires_in=12 * 3600, **id_claims
+    )
+    ca_pem, client_header = _demo_certificates()
     return DemoCredentials(
         api_key=DEMO_API_KEY,
         writer_token=issuer.token(sub="alice", scope="orders/write", expires_in=12 * 3600),
         reader_token=issuer.token(sub="bob", scope="orders/read", expires_in=12 * 3600),
         issuer=issuer,
+        cognito_token=cognito_token,
+        cognito_issuer=cognito,
+        client_cert_header=client_header,
+        ca_pem=ca_pem,
     )
+
+
+def _demo_certificates() -> tuple[bytes, str]:
+    """A throwaway CA and a client certificate it issued: the CA's PEM, and the client
+    certificate URL-escaped as nginx's ``$ssl_client_escaped_cert`` forwards it."""
+    import datetime
+    from urllib.parse import quote
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "apigw-mw demo"),
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            ]
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("demo CA"))
+        .issuer_name(name("demo CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = (
+        x509.CertificateBuilder()
+        .subject_name(name("demo client"))
+        .issuer_name(ca.subject)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    client_pem = client.public_bytes(serialization.Encoding.PEM).decode()
+    return ca_pem, quote(client_pem, safe="")
 
 
 def demo_calls(credentials: DemoCredentials | None = None) -> list[DemoCall]:
@@ -293,6 +371,18 @@ def demo_calls(credentials: DemoCredentials | None = None) -> list[DemoCall]:
             sigv4=(DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DEMO_REGION),
         ),
         DemoCall(
+            "a Cognito route without a token: 401 Unauthorized",
+            "GET",
+            "/profile",
+            expect=401,
+        ),
+        DemoCall(
+            "a mutual-TLS route without a client certificate: 403 Forbidden",
+            "GET",
+            "/certs/whoami",
+            expect=403,
+        ),
+        DemoCall(
             "a JWT route without a token: 401 Unauthorized",
             "GET",
             "/whoami",
@@ -327,6 +417,20 @@ def demo_calls(credentials: DemoCredentials | None = None) -> list[DemoCall]:
                 data='{"petId": 1}',
             ),
             DemoCall(
+                "a Cognito ID token (user pool authorizer): 200 with the user's groups",
+                "GET",
+                "/profile",
+                expect=200,
+                headers=[("Authorization", credentials.cognito_token)],
+            ),
+            DemoCall(
+                "a client certificate forwarded by a TLS proxy (mutual TLS): 200",
+                "GET",
+                "/certs/whoami",
+                expect=200,
+                headers=[(DEMO_CERT_HEADER, credentials.client_cert_header)],
+            ),
+            DemoCall(
                 "place orders quickly: the client's token bucket (burst 3) answers 429",
                 "POST",
                 "/orders",
@@ -357,10 +461,12 @@ def demo_policies(
         credentials: the demo's key and token issuer (fresh ones when left out).
     """
     from ..auth.api_keys import ApiKey, ApiKeyAuth, ApiKeys
+    from ..auth.cognito import CognitoAuthorizer
     from ..auth.custom import LambdaAuthorizer
+    from ..auth.mtls import MutualTls
     from ..auth.resource_policy import ResourcePolicy
     from ..auth.sigv4 import IamAuthorizer
-    from ..observe import AccessLog, Tracing, console_access_log, console_tracer_provider
+    from ..observe import AccessLog, Metrics, Tracing, console_access_log, console_tracer_provider
     from ..traffic.bucket import Throttle, TokenBucket
     from ..traffic.plans import Quota, UsagePlan
     from ..validation import RequestValidator, RouteModel
@@ -444,6 +550,19 @@ def demo_policies(
         IamAuthorizer(
             {DEMO_ACCESS_KEY: DEMO_SECRET_KEY}, region=DEMO_REGION, routes=["GET /reports"]
         ),
+        CognitoAuthorizer(
+            region=DEMO_REGION,
+            user_pool_id=DEMO_COGNITO_POOL,
+            app_client_ids=[DEMO_COGNITO_CLIENT],
+            jwks=creds.cognito_issuer.jwks(),  # the pool's keys, pinned: nothing is fetched
+            routes=["GET /profile"],
+        ),
+        # Behind a TLS-terminating proxy on this machine, which forwards the certificate.
+        MutualTls(
+            creds.ca_pem, source="header", header=DEMO_CERT_HEADER, routes=["GET /certs/whoami"]
+        ),
+        # Request metrics through OpenTelemetry (idle unless a meter provider is configured).
+        Metrics(),
         RequestValidator(
             routes={"POST /pets": RouteModel(body={"application/json": PET_SCHEMA})},
             verbose_errors=True,
@@ -491,6 +610,8 @@ def build_app(
         # A named in-process store per app: two demo apps in one process keep apart.
         storage=redis_url or f"memory://demo-{id(app):x}",
         max_body_size=DEMO_MAX_BODY,
+        # The TLS-terminating proxy of the mutual-TLS route runs on this machine.
+        trusted_proxies=["127.0.0.1", "::1"],
     )
 
 
@@ -575,6 +696,16 @@ def _pets_app() -> ASGIApp:
         orders[order["id"]] = order
         return JSONResponse({"order": order, "gateway": summary(request)}, status_code=201)
 
+    async def profile(request: StarletteRequest) -> JSONResponse:
+        claims = get_context(request).authorizer.get("claims", {})
+        return JSONResponse(
+            {"user": claims.get("cognito:username"), "groups": claims.get("cognito:groups")}
+        )
+
+    async def cert_whoami(request: StarletteRequest) -> JSONResponse:
+        cert = get_context(request).identity.client_cert or {}
+        return JSONResponse({"subjectDN": cert.get("subjectDN"), "issuerDN": cert.get("issuerDN")})
+
     async def reports(request: StarletteRequest) -> JSONResponse:
         identity = get_context(request).identity
         return JSONResponse(
@@ -600,6 +731,8 @@ def _pets_app() -> ASGIApp:
             Route("/orders", create_order, methods=["POST"]),
             Route("/orders/{orderId}", get_order, methods=["GET"]),
             Route("/pets/{petId}/secrets", pet_secrets, methods=["GET"]),
+            Route("/profile", profile, methods=["GET"]),
+            Route("/certs/whoami", cert_whoami, methods=["GET"]),
             Route("/reports", reports, methods=["GET"]),
             Route("/whoami", whoami, methods=["GET"]),
         ]
