@@ -144,6 +144,14 @@ def test_cognito_groups_and_client_certificate_reach_the_app() -> None:
     assert cert["subjectDN"] == "CN=demo client,O=apigw-mw demo"
 
 
+def test_resource_policy_refuses_a_denied_range_in_aws_words() -> None:
+    response = send(build_app(), scenario("resource policy denies"))
+    assert response.status_code == 403
+    assert response.json()["message"].startswith(
+        "User: anonymous is not authorized to perform: execute-api:Invoke on resource: "
+    )
+
+
 def test_invalid_body_is_refused_with_its_detail() -> None:
     response = send(build_app(), scenario("fails the model"))
     assert response.status_code == 400

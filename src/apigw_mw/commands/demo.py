@@ -339,6 +339,13 @@ def demo_calls(credentials: DemoCredentials | None = None) -> list[DemoCall]:
             upload_bytes=DEMO_MAX_BODY + 1,
         ),
         DemoCall(
+            "a client in a range the resource policy denies (via the trusted local proxy): 403",
+            "GET",
+            "/pets",
+            expect=403,
+            headers=[("X-Forwarded-For", "192.0.2.10")],
+        ),
+        DemoCall(
             "a keyed route without an API key: 403 Forbidden",
             "GET",
             "/orders",
