@@ -523,22 +523,7 @@ class MemoryStore(Store):
             return None if raw[1] and not detail else raw
         buckets = self._buckets
         if not quotas and len(levels) == 1:  # the common case: one bucket, nothing else
-            lv = levels[0]
-            key = lv.key
-            sp = lv.spec
-            with self._lock:
-                now = self.clock()
-                tat = buckets.get(key, now)
-                if tat < now:
-                    tat = now
-                diff = tat + sp.interval - now
-                ok = diff <= sp.capacity_eps
-                if ok:
-                    buckets[key] = now + diff
-                    buckets.move_to_end(key)
-                self._ops = ops = self._ops + 1
-                if not ops & 15 or len(buckets) > self.max_buckets:
-                    self._sweep(now)
+            ok, now, diff = self._hit_one(levels[0])
             return None if ok else (now, False, [(False, diff)], [])
         with self._lock:
             now = self.clock()
@@ -645,29 +630,33 @@ class MemoryStore(Store):
                 return
             del buckets[oldest]
 
+    def _hit_one(self, lv: Level) -> tuple[bool, float, float]:
+        """Take one token from one bucket (GCRA): ``(admitted, now, wait)``."""
+        key = lv.key
+        sp = lv.spec
+        buckets = self._buckets
+        with self._lock:
+            now = self.clock()
+            tat = buckets.get(key, now)
+            if tat < now:
+                tat = now
+            diff = tat + sp.interval - now
+            ok = diff <= sp.capacity_eps
+            if ok:
+                buckets[key] = now + diff
+                buckets.move_to_end(key)
+            self._ops = ops = self._ops + 1
+            if not ops & 15 or len(buckets) > self.max_buckets:
+                self._sweep(now)
+        return ok, now, diff
+
     def run_many_sync(self, effects: list[Hits]) -> list[Deny | None]:
         if len(effects) == 1:
             e = effects[0]
             levels = e.levels
             if not e.detail and not e.quotas and len(levels) == 1 and e.resolve is None:
                 # One policy, one bucket, no headers: the common case, decided inline.
-                lv = levels[0]
-                key = lv.key
-                sp = lv.spec
-                buckets = self._buckets
-                with self._lock:
-                    now = self.clock()
-                    tat = buckets.get(key, now)
-                    if tat < now:
-                        tat = now
-                    diff = tat + sp.interval - now
-                    ok = diff <= sp.capacity_eps
-                    if ok:
-                        buckets[key] = now + diff
-                        buckets.move_to_end(key)
-                    self._ops = ops = self._ops + 1
-                    if not ops & 15 or len(buckets) > self.max_buckets:
-                        self._sweep(now)
+                ok, now, diff = self._hit_one(levels[0])
                 if ok:
                     return [None]
                 return _verdicts(effects, (now, False, [(False, diff)], []))
