@@ -3,11 +3,13 @@
 :func:`from_openapi` reads an OpenAPI 3.0/3.1 or Swagger 2.0 definition (JSON, or YAML with
 the ``yaml`` extra) with its ``x-amazon-apigateway-*`` extensions and returns the policies
 that reproduce the API in process: declared routes with strict matching, request
-validators, gateway responses, CORS, API keys, authorizers and throttles.
+validators, gateway responses, CORS, the resource policy, API keys, authorizers and
+throttles.
 
-A request gets the settings of the single most specific operation that matches it, as in
-API Gateway: a policy made for ``ANY /{proxy+}`` does not run on ``GET /pets`` when the
-definition declares ``GET /pets`` with settings of its own.
+A request gets the settings of the single most specific operation of the definition that
+matches it, as in API Gateway: a policy made for ``ANY /{proxy+}`` does not run on
+``GET /pets`` when the definition declares ``GET /pets`` with settings of its own, and runs
+on every other request under it, whatever routes other policies of the gateway declare.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .exceptions import ConfigurationError
 from .pipeline import GatewaySettings, Phase, Policy, RouteTable
 from .responses import GatewayResponse, GatewayResponses
-from .routes import RoutePattern, Stage
+from .routes import RouteMatch, RoutePattern, Router, Stage
 from .validation import RequestValidator, RouteModel
 
 __all__ = ["from_openapi"]
@@ -54,7 +56,6 @@ IGNORED_EXTENSIONS: Final[Mapping[str, str]] = {
     "x-amazon-apigateway-documentation": "documentation parts do not change requests",
     "x-amazon-apigateway-tag-value": "tags do not change requests",
     "x-amazon-apigateway-importexport-version": "export metadata",
-    "x-amazon-apigateway-policy": "resource policy: apply it with ResourcePolicy(document)",
     "x-amazon-apigateway-api-key-source": "",
 }
 
@@ -69,9 +70,12 @@ _HANDLED: Final = frozenset(
         "x-amazon-apigateway-authtype",
         "x-amazon-apigateway-any-method",
         "x-amazon-apigateway-auth",
+        "x-amazon-apigateway-policy",
     }
 )
 
+_ANYONE: Final = ("*", {"AWS": "*"}, {"AWS": ["*"]})
+_EXECUTE_API_ARN = re.compile(r"^arn:aws[\w-]*:execute-api:([^:]*):([^:]*):([^/]*)/")
 _COGNITO_ARN = re.compile(r"^arn:aws[\w-]*:cognito-idp:([a-z0-9-]+):\d*:userpool/([\w-]+)$")
 _GR_HEADER = "gatewayresponse.header."
 _HEADERS: Final = frozenset(
@@ -332,6 +336,7 @@ def _operations(spec: _Spec, api: _Api) -> tuple[list[_Operation], dict[str, Any
     cache: dict[str, Any] = {}
     ops: list[_Operation] = []
     seen: dict[str, str] = {}
+    shapes: dict[tuple[str, tuple[Any, ...]], str] = {}
     for path, raw_item in paths.items():
         item_ptr = f"/paths/{_esc(path)}"
         item, _ = spec.deref(raw_item, item_ptr)
@@ -345,10 +350,20 @@ def _operations(spec: _Spec, api: _Api) -> tuple[list[_Operation], dict[str, Any
             if method is None or not isinstance(op, Mapping):
                 continue
             pointer = f"{item_ptr}/{_esc(method_name)}"
-            key = RoutePattern.parse(f"{method} {path}", field_name=f"spec#{item_ptr}").key
+            pattern = RoutePattern.parse(f"{method} {path}", field_name=f"spec#{item_ptr}")
+            key = pattern.key
             if key in seen:
                 raise ConfigurationError(f"spec#{pointer}", f"{key} is declared twice")
             seen[key] = pointer
+            # Templates that differ only in parameter names are one resource (OpenAPI and
+            # API Gateway refuse them); with them, no operation would be the most specific.
+            shape = (method, tuple(v if k == 0 else k for k, v in pattern.segments))
+            if shape in shapes:
+                raise ConfigurationError(
+                    f"spec#{pointer}",
+                    f"{key} is the same route as {shapes[shape]}: only parameter names differ",
+                )
+            shapes[shape] = key
             name = op.get("x-amazon-apigateway-request-validator", default)
             if name is not None and name not in validators:
                 known = ", ".join(sorted(validators)) or "none declared"
@@ -576,57 +591,154 @@ def _build_authorizer(
 # -- most specific operation ------------------------------------------------------------------
 
 
-class _OnlyBestRoute:
-    """Runs a policy only when the request's route key is one of its operations.
+class _Operations:
+    """The definition's own operations, and which of them is the most specific for a request.
 
-    The core applies a policy to every request that matches any of its routes; an
-    operation's settings apply only when that operation is the most specific match.
+    The gateway's route key is the most specific route declared by any policy: a route
+    another policy names beside the definition's (a throttle's ``GET /pets/special``, an
+    ``OPTIONS /{proxy+}`` for preflights) may be more specific than every operation of the
+    definition. An operation's settings follow the definition's resources alone, so the
+    choice is made here, among the operations only, on the path below the stage's base
+    path.
+
+    When the gateway's route key is itself an operation, it is the answer: the gateway
+    declares every operation, so the most specific of all its routes, when it is one of the
+    operations, is also the most specific of the operations (no two operations tie:
+    :func:`_operations` refuses routes that differ only in parameter names).
     """
 
-    def __init__(self, inner: Any, keys: Iterable[str]) -> None:
+    __slots__ = ("keys", "router")
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.router = Router(RoutePattern.parse(k) for k in keys)
+        self.keys = frozenset(p.key for p in self.router.patterns)
+
+    def best(self, request: Any, route_path: Callable[[str], str | None]) -> RouteMatch | None:
+        """The match of the most specific operation, or ``None`` when none matches."""
+        path = route_path(request.path)
+        if path is None:
+            return None
+        found = self.router.match(request.method, path)
+        return found if found.best is not None else None
+
+
+class _ByOperation:
+    """A policy of the definition, bound with the operations it belongs to."""
+
+    def __init__(
+        self,
+        inner: Any,
+        operations: _Operations,
+        route_path: Callable[[str], str | None] | None = None,
+    ) -> None:
         self.inner = inner
-        self.keys = frozenset(keys)
+        self.operations = operations
         self.phase: Phase = inner.phase
         self.routes: tuple[str, ...] | None = inner.routes
-        self.on_response = self._on_response if getattr(inner, "on_response", None) else None
-        self.on_request = self._on_request if getattr(inner, "on_request", None) else None
-        self.on_complete = self._on_complete if getattr(inner, "on_complete", None) else None
-
-    def flow(self, request: Any, context: Any) -> Any:
-        if context.route_key in self.keys:
-            return self.inner.flow(request, context)
-        return None
+        self._route_path = route_path or Stage().route_path
 
     def bind(self, settings: GatewaySettings) -> Policy:
         bind = getattr(self.inner, "bind", None)
         inner = bind(settings) if bind is not None else self.inner
-        if inner is self.inner:
-            return self
-        return _OnlyBestRoute(inner, self.keys)
+        return self._rebound(inner, settings.stage.route_path)
+
+    def _rebound(self, inner: Any, route_path: Callable[[str], str | None]) -> Policy:
+        raise NotImplementedError  # pragma: no cover
+
+
+class _OnlyBestRoute(_ByOperation):
+    """Runs a policy only when the definition's most specific operation for the request is
+    one of its operations.
+
+    The core applies a policy to every request that matches any of its routes; an
+    operation's settings apply only when that operation is the most specific match among
+    the definition's operations.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        keys: Iterable[str],
+        operations: _Operations,
+        route_path: Callable[[str], str | None] | None = None,
+    ) -> None:
+        super().__init__(inner, operations, route_path)
+        self.keys = frozenset(RoutePattern.parse(k).key for k in keys)
+        self.on_response = self._on_response if getattr(inner, "on_response", None) else None
+        self.on_request = self._on_request if getattr(inner, "on_request", None) else None
+        self.on_complete = self._on_complete if getattr(inner, "on_complete", None) else None
+
+    def _applies(self, request: Any, context: Any) -> bool:
+        key = context.route_key
+        if key in self.keys:
+            return True
+        if key in self.operations.keys:
+            return False  # another operation is the most specific (see _Operations)
+        found = self.operations.best(request, self._route_path)
+        return found is not None and found.best is not None and found.best.key in self.keys
+
+    def flow(self, request: Any, context: Any) -> Any:
+        if self._applies(request, context):
+            return self.inner.flow(request, context)
+        return None
+
+    def _rebound(self, inner: Any, route_path: Callable[[str], str | None]) -> Policy:
+        return _OnlyBestRoute(inner, self.keys, self.operations, route_path)
 
     def _on_response(self, request: Any, context: Any, head: Any) -> None:
-        if context.route_key in self.keys:
+        if self._applies(request, context):
             self.inner.on_response(request, context, head)
 
     def _on_request(self, request: Any, context: Any) -> None:
-        if context.route_key in self.keys:
+        if self._applies(request, context):
             self.inner.on_request(request, context)
 
     def _on_complete(self, request: Any, context: Any) -> None:
-        if context.route_key in self.keys:
+        if self._applies(request, context):
             self.inner.on_complete(request, context)
 
     def __repr__(self) -> str:
         return f"<only the most specific of {sorted(self.keys)}: {self.inner!r}>"
 
 
-def _specific(policy: Any, keys: Sequence[str]) -> Any:
+class _OperationParameters(_ByOperation):
+    """Runs the request validator with the path parameters of the definition's most
+    specific operation.
+
+    The validator picks the model of the most specific of its routes (every operation) by
+    itself; the path parameters it checks come from the context, which holds those of the
+    gateway's route key. When that key is not an operation, the operation's own are given
+    for the duration of the call.
+    """
+
+    def flow(self, request: Any, context: Any) -> Any:
+        key = context.route_key
+        if key is None or key in self.operations.keys:
+            return self.inner.flow(request, context)
+        found = self.operations.best(request, self._route_path)
+        if found is None:
+            return self.inner.flow(request, context)
+        saved = context.path_parameters
+        context.path_parameters = found.path_parameters
+        try:
+            return self.inner.flow(request, context)
+        finally:
+            context.path_parameters = saved
+
+    def _rebound(self, inner: Any, route_path: Callable[[str], str | None]) -> Policy:
+        return _OperationParameters(inner, self.operations, route_path)
+
+    def __repr__(self) -> str:
+        return f"<with the operations' path parameters: {self.inner!r}>"
+
+
+def _specific(policy: Any, keys: Sequence[str], operations: _Operations) -> Any:
     """``policy``, wrapped when one of its routes could match a more specific operation's
     request (a path parameter, a greedy segment or ``ANY``)."""
     for key in keys:
         pattern = RoutePattern.parse(key)
         if pattern.method == "ANY" or any(kind != 0 for kind, _ in pattern.segments):
-            return _OnlyBestRoute(policy, keys)
+            return _OnlyBestRoute(policy, keys, operations)
     return policy
 
 
@@ -708,6 +820,55 @@ def _cors(spec: _Spec) -> Any:
         )
     except ConfigurationError as exc:
         raise ConfigurationError("spec#/x-amazon-apigateway-cors", exc.message) from exc
+
+
+def _resource_policy(spec: _Spec, stage: Stage | None, api: _Api) -> Any:
+    """The API's resource policy, from ``x-amazon-apigateway-policy``."""
+    raw = spec.doc.get("x-amazon-apigateway-policy")
+    if raw is None:
+        return None
+    from .auth.resource_policy import ResourcePolicy
+
+    try:
+        policy = ResourcePolicy(raw)
+    except ConfigurationError as exc:
+        raise ConfigurationError("spec#/x-amazon-apigateway-policy", exc.message) from exc
+    api.everywhere.append("resource policy from x-amazon-apigateway-policy:")
+    statements = policy.document.get("Statement")
+    if isinstance(statements, Mapping):
+        statements = [statements]
+    # An export names the API in full ARNs (an import turns execute-api:/... into them);
+    # they match only a stage with the same region, account and API id.
+    named: set[tuple[str, str, str]] = set()
+    for st in statements if isinstance(statements, list) else []:
+        if not isinstance(st, Mapping):
+            continue
+        text = [str(st.get("Effect"))]
+        for key in ("Resource", "NotResource"):
+            value = st.get(key)
+            resources = [value] if isinstance(value, str) else list(value or [])
+            if resources:
+                text.append(("not " if key == "NotResource" else "") + ", ".join(resources))
+            for resource in resources:
+                m = _EXECUTE_API_ARN.match(str(resource))
+                if m is not None and "*" not in m.group(0) and "?" not in m.group(0):
+                    named.add((m.group(1), m.group(2), m.group(3)))
+        condition = st.get("Condition")
+        if isinstance(condition, Mapping):
+            for operator, tests in condition.items():
+                for name, values in (tests or {}).items() if isinstance(tests, Mapping) else ():
+                    text.append(f"if {operator} {name} {values}")
+        if "NotPrincipal" in st or st.get("Principal", "*") not in _ANYONE:
+            text.append("(names a principal: never matches, the caller is anonymous)")
+        api.everywhere.append("  " + " ".join(text))
+    stage = stage or Stage()
+    ours = (stage.region, stage.account_id, stage.api_id)
+    for region, account, api_id in sorted(named - {ours}):
+        api.everywhere.append(
+            f"  its ARNs name API {api_id} ({region}, account {account}): they match only "
+            f"under Stage(region={region!r}, account_id={account!r}, api_id={api_id!r})"
+        )
+    return policy
 
 
 def _bucket(raw: Any, field_name: str) -> Any:
@@ -831,13 +992,12 @@ def _build(
     if unknown:
         raise ConfigurationError("spec#/x-apigw-mw", f"unknown keys {sorted(unknown)}")
 
+    operations = _Operations(keys)
     cors = _cors(spec)
-    table_routes = list(keys)
-    if cors is not None:
-        # Preflights are answered for every path, declared or not, as API Gateway does.
-        table_routes += [k for k in ("OPTIONS /", "OPTIONS /{proxy+}") if k not in keys]
     strict = bool(ext.get("strict", True))
-    api.policies.append(RouteTable(table_routes, strict=strict))
+    # Only the operations: preflights to any path, declared or not, are answered by the CORS
+    # policy before the route table refuses what matches no operation, as API Gateway does.
+    api.policies.append(RouteTable(keys, strict=strict))
     if strict:
         api.everywhere.append(
             "strict routes: undeclared routes get 403 Missing Authentication Token"
@@ -849,6 +1009,9 @@ def _build(
     if cors is not None:
         api.policies.append(cors)
         api.everywhere.append("CORS from x-amazon-apigateway-cors")
+    resource_policy = _resource_policy(spec, stage, api)
+    if resource_policy is not None:
+        api.policies.append(resource_policy)
 
     # Throttles: the throttle= argument, else the x-apigw-mw extension.
     throttle_raw = throttle if throttle is not None else ext.get("throttle")
@@ -892,7 +1055,7 @@ def _build(
                 raise
             api.note([k for k, _ in used], f"{name}: {kind} authorizer, not built ({exc.message})")
             continue
-        api.policies.append(_specific(policy, [k for k, _ in used]))
+        api.policies.append(_specific(policy, [k for k, _ in used], operations))
         for key, scopes in used:
             api.note([key], label + (f" scopes {scopes}" if scopes else ""))
     if key_routes:
@@ -911,24 +1074,26 @@ def _build(
                 api_keys = _policy_class("ApiKeys", "api_key").from_csv(api_keys, plans=plans)
             cls = _policy_class("ApiKeyAuth", "api_key")
             policy = cls(api_keys, source=source, routes=key_routes, storage=storage)
-            api.policies.append(_specific(policy, key_routes))
+            api.policies.append(_specific(policy, key_routes, operations))
             api.note(key_routes, f"API key required (source {source})")
     elif api_keys is not None:
         raise ConfigurationError("api_keys", "no operation of the definition requires an API key")
 
-    # Validation: one validator holding every declared route, so that the most specific
+    # Validation: one validator holding every operation, so that the most specific
     # operation's validator (or its absence) decides.
     models = {op.key: op.model for op in ops}
     if any(op.validator is not None for op in ops):
-        for key in table_routes:
-            models.setdefault(key, RouteModel())
         try:
             validator = RequestValidator(routes=models, resources={SPEC_URI: _resource(spec)})
         except ConfigurationError as exc:
             raise ConfigurationError(
                 f"spec: {exc.field}".replace(SPEC_URI, ""), exc.message.replace(SPEC_URI, "")
             ) from exc
-        api.policies.append(validator)
+        if any(op.model.path for op in ops):
+            # Required path parameters are the operation's, whatever the route key.
+            api.policies.append(_OperationParameters(validator, operations))
+        else:
+            api.policies.append(validator)
         for op in ops:
             described = validator.describe(op.key)
             if described is not None:
@@ -974,8 +1139,10 @@ def from_openapi(
 
     Returns:
         A list for ``policies=``: a strict :class:`RouteTable` declaring every operation,
-        then gateway responses, CORS, throttles, authorizers, API keys and the request
-        validator, as the definition says.
+        then gateway responses, CORS, the resource policy (a
+        :class:`~apigw_mw.ResourcePolicy`), throttles, authorizers, API keys and the
+        request validator, as the definition says. Other policies may be listed beside
+        them: the routes they declare do not change which operation's settings apply.
 
     Example::
 
