@@ -13,7 +13,20 @@ from typing import Any
 import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from apigw_mw import AccessLog, ConfigurationError, RouteTable, Stage, Tracing
+from apigw_mw import (
+    AccessLog,
+    Allow,
+    ApiKey,
+    ApiKeyAuth,
+    ApiKeys,
+    BasePolicy,
+    ConfigurationError,
+    MemoryStore,
+    Phase,
+    RouteTable,
+    Stage,
+    Tracing,
+)
 
 from .conftest import DenyWhen, Learn, Traces
 
@@ -367,3 +380,143 @@ def test_only_the_unsafe_value_is_escaped(
     r = client.get("/pets/1", headers={"user-agent": 'say "hi"'})
     [line] = lines(caplog)
     assert line == f'{r.headers["x-amzn-requestid"]} "say \\"hi\\"" 200 /pets/1'
+
+
+# -- routes= ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "logged"),
+    [
+        pytest.param("GET", "/pets/1", True, id="its-route"),
+        pytest.param("POST", "/pets/1", False, id="same-path-other-method"),
+        pytest.param("GET", "/owners/1", False, id="another-declared-route"),
+        pytest.param("GET", "/nowhere", False, id="no-declared-route"),
+    ],
+)
+def test_route_limited_access_log_logs_only_its_routes(
+    make_client: Any, caplog: pytest.LogCaptureFixture, method: str, path: str, logged: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    policies = [
+        AccessLog("$context.requestId $context.routeKey", routes=["GET /pets/{petId}"]),
+        RouteTable(["POST /pets/{petId}", "GET /owners/{ownerId}"]),
+    ]
+    r = make_client(policies).request(method, path)
+    assert r.status_code == 200
+    assert len(r.seen) == 1
+    expected = [f"{r.headers['x-amzn-requestid']} GET /pets/{{petId}}"] if logged else []
+    assert lines(caplog) == expected
+
+
+def test_route_limited_access_logs_each_log_their_own_routes(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two logs on overlapping routes: a request is logged by every log whose routes match."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    client = make_client(
+        [
+            AccessLog("admin $context.requestId $context.path", routes=["ANY /admin/{proxy+}"]),
+            AccessLog("pets $context.requestId $context.path", routes=["GET /pets/{petId}"]),
+            AccessLog("all $context.requestId $context.path"),
+        ]
+    )
+    client.post("/admin/users/7")
+    client.get("/pets/1")
+    client.get("/other")
+    assert [line.split(" ")[0] + " " + line.split(" ")[2] for line in lines(caplog)] == [
+        "admin /admin/users/7",
+        "all /admin/users/7",
+        "pets /pets/1",
+        "all /pets/1",
+        "all /other",
+    ]
+
+
+def test_bad_routes_are_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        AccessLog(routes=["GET /pets/{petId"])
+    assert info.value.field == "AccessLog.routes"
+
+
+# -- API keys handed over by an authorizer ----------------------------------------------------
+
+USAGE_KEY = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
+
+
+class KeyFromToken(BasePolicy):
+    """An authorizer that hands the caller's API key to the key check, as a Lambda
+    authorizer's ``usageIdentifierKey`` does, with a context of its own."""
+
+    phase = Phase.AUTHORIZE
+
+    def flow(self, request: Any, context: Any) -> Any:
+        return Allow(
+            authorizer={
+                "principalId": "user-7",
+                "usageIdentifierKey": USAGE_KEY,
+                "sortKey": "by-name",
+                "context": {
+                    "tier": "gold",
+                    "usageIdentifierKey": USAGE_KEY,
+                    "nested": [{"apiKey": USAGE_KEY, "accessToken": "eyJsecret"}],
+                },
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        pytest.param(
+            "$context.requestId key=$context.authorizer.usageIdentifierKey "
+            "route=$context.routeKey sort=$context.authorizer.sortKey "
+            "keyId=$context.identity.apiKeyId",
+            "key=- route=GET /pets/{petId} sort=by-name keyId=k-alice",
+            id="clf",
+        ),
+        pytest.param(
+            '{"requestId":"$context.requestId","key":"$context.authorizer.usageIdentifierKey",'
+            '"bare":$context.authorizer.usageIdentifierKey,"routeKey":"$context.routeKey"}',
+            '"key":"-","bare":null,"routeKey":"GET /pets/{petId}"}',
+            id="json",
+        ),
+        pytest.param(
+            "$context.requestId,$context.authorizer.usageIdentifierKey,$context.routeKey",
+            ',-,"GET /pets/{petId}"',
+            id="csv",
+        ),
+        pytest.param(
+            '<r id="$context.requestId"><key>$context.authorizer.usageIdentifierKey</key>'
+            "<route>$context.routeKey</route></r>",
+            "<key>-</key><route>GET /pets/{petId}</route></r>",
+            id="xml",
+        ),
+        pytest.param(
+            "$context.requestId $context.authorizer.context",
+            r"{\"tier\":\"gold\",\"usageIdentifierKey\":null,"
+            r"\"nested\":[{\"apiKey\":null,\"accessToken\":null}]}",
+            id="mapping-written-whole",
+        ),
+    ],
+)
+def test_usage_identifier_key_is_never_written(
+    make_client: Any, caplog: pytest.LogCaptureFixture, fmt: str, expected: str
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    keys = ApiKeys([ApiKey(USAGE_KEY, id="k-alice")])
+    client = make_client(
+        [
+            AccessLog(fmt),
+            KeyFromToken(),
+            ApiKeyAuth(keys, source="AUTHORIZER", storage=MemoryStore()),
+            ROUTES,
+        ]
+    )
+    r = client.get("/pets/1")
+    assert r.status_code == 200  # the key was real: the key check admitted it
+    assert r.seen[0].context.identity.api_key_id == "k-alice"
+    [line] = lines(caplog)
+    assert USAGE_KEY not in line
+    assert "eyJsecret" not in line
+    assert line.endswith(expected), line

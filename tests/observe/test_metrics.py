@@ -157,3 +157,45 @@ def test_attributes_stay_right_past_the_attribute_cache(
         for dp in got["apigw.denials"]
     }
     assert denials == {("THROTTLED", 429): 2, ("ACCESS_DENIED", 403): 1, ("UNAUTHORIZED", 401): 2}
+
+
+# -- routes= ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "measured"),
+    [
+        pytest.param("GET", "/pets/1", True, id="its-route"),
+        pytest.param("POST", "/pets/1", False, id="same-path-other-method"),
+        pytest.param("GET", "/owners/1", False, id="another-declared-route"),
+        pytest.param("GET", "/nowhere", False, id="no-declared-route"),
+    ],
+)
+def test_route_limited_metrics_measure_only_their_routes(
+    make_client: Any, metric_reader: Any, method: str, path: str, measured: bool
+) -> None:
+    provider, reader = metric_reader
+    policies = [
+        Metrics(provider, routes=["GET /pets/{petId}"]),
+        RouteTable(["POST /pets/{petId}", "GET /owners/{ownerId}"]),
+    ]
+    r = make_client(policies).request(method, path)
+    assert r.status_code == 200
+    durations = points(reader).get("http.server.request.duration", [])
+    assert [dp.attributes.get("http.route") for dp in durations] == (
+        ["/pets/{petId}"] if measured else []
+    )
+
+
+def test_route_limited_metrics_without_sdk_are_inert(make_client: Any) -> None:
+    client = make_client([Metrics(NoOpMeterProvider(), routes=["GET /pets/{petId}"])])
+    assert client.get("/pets/1").status_code == 200
+    [bound] = client.middleware.gateway.pipeline.policies
+    assert bound.routes == ("GET /pets/{petId}",)
+    assert (bound.on_request, bound.on_response, bound.on_complete) == (None, None, None)
+
+
+def test_bad_routes_are_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Metrics(routes=["FETCH /pets"])
+    assert info.value.field == "Metrics.routes"

@@ -31,11 +31,21 @@ from starlette.routing import Route
 from werkzeug.test import Client as WerkzeugClient
 
 from apigw_mw import (
+    ApiKey,
+    ApiKeyAuth,
+    ApiKeys,
+    BasePolicy,
     ConfigurationError,
     GatewayMiddleware,
+    MemoryStore,
+    Phase,
+    Quota,
     RouteTable,
     Stage,
+    Throttle,
+    TokenBucket,
     Tracing,
+    UsagePlan,
     WSGIGatewayMiddleware,
     get_context,
 )
@@ -612,3 +622,197 @@ def test_mixed_case_header_names_from_a_lax_asgi_server(traces: Traces) -> None:
     [span] = traces.spans()
     assert (span.context.trace_id, span.parent.span_id) == (TRACE, PARENT)
     assert span.attributes["user_agent.original"] == "lax-client/2"
+
+
+# -- routes= ----------------------------------------------------------------------------------
+
+PETS_ONLY = ["GET /pets/{petId}"]
+OTHER_ROUTES = RouteTable(["POST /pets/{petId}", "GET /owners/{ownerId}"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "traced"),
+    [
+        pytest.param("GET", "/pets/1", True, id="its-route"),
+        pytest.param("POST", "/pets/1", False, id="same-path-other-method"),
+        pytest.param("GET", "/owners/1", False, id="another-declared-route"),
+        pytest.param("GET", "/nowhere", False, id="no-declared-route"),
+    ],
+)
+def test_route_limited_tracing_traces_only_its_routes(
+    make_client: Any, traces: Traces, method: str, path: str, traced: bool
+) -> None:
+    client = make_client([Tracing(traces.provider, routes=PETS_ONLY), OTHER_ROUTES])
+    r = client.request(method, path)
+    assert r.status_code == 200
+    assert len(r.seen) == 1
+    assert ("x-amzn-trace-id" in r.headers) is traced
+    assert (r.seen[0].context.lookup(("xrayTraceId",)) is not None) is traced
+    if traced:
+        [span] = traces.spans()
+        assert span.name == "GET /pets/{petId}"
+    else:
+        assert traces.spans() == []
+
+
+def test_route_limited_tracing_with_policy_spans_records_only_its_routes(
+    make_client: Any, traces: Traces
+) -> None:
+    tracing = Tracing(traces.provider, policy_spans=True, routes=PETS_ONLY)
+    client = make_client([tracing, Learn(), OTHER_ROUTES])
+    client.get("/owners/1")
+    assert traces.spans() == []
+    client.get("/pets/1")
+    assert sorted(s.name for s in traces.spans()) == ["GET /pets/{petId}", "Learn"]
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        pytest.param(NoOpTracerProvider(), id="no-op-provider"),
+        pytest.param(None, id="unconfigured-global-provider"),
+    ],
+)
+def test_route_limited_tracing_without_sdk_is_inert(make_client: Any, provider: Any) -> None:
+    client = make_client([Tracing(provider, routes=PETS_ONLY)], strict_routes=True)
+    r = client.get("/pets/1", headers={"x-amzn-trace-id": f"Root={ROOT};Sampled=1"})
+    # Its routes still count as declared, as they do with an SDK ...
+    assert r.status_code == 200
+    assert client.get("/owners/1").status_code == 403
+    # ... but it does nothing: no header, no context value, no hook for the pipeline to run.
+    assert "x-amzn-trace-id" not in r.headers
+    assert r.seen[0].context.lookup(("xrayTraceId",)) is None
+    [bound] = client.middleware.gateway.pipeline.policies
+    assert bound.routes == tuple(PETS_ONLY)
+    assert (bound.on_request, bound.on_response, bound.on_complete) == (None, None, None)
+
+
+def test_bad_routes_are_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Tracing(routes=["GET pets"])
+    assert info.value.field == "Tracing.routes"
+
+
+# -- the throttle decision on every request ---------------------------------------------------
+
+KEY = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
+
+
+def _keys(quota: int) -> ApiKeys:
+    plan = UsagePlan("basic", throttle=TokenBucket(rate=100, burst=100), quota=Quota(quota))
+    return ApiKeys([ApiKey(KEY, id="k-alice", plan=plan)])
+
+
+@pytest.mark.parametrize(
+    ("policies", "requests", "statuses", "decisions"),
+    [
+        pytest.param(
+            lambda: [Throttle(TokenBucket(rate=0.001, burst=1), storage=MemoryStore())],
+            2,
+            [200, 429],
+            ["allowed", "throttled"],
+            id="route-throttle",
+        ),
+        pytest.param(
+            lambda: [
+                Throttle(TokenBucket(rate=0.001, burst=1), key="source_ip", storage=MemoryStore())
+            ],
+            2,
+            [200, 429],
+            ["allowed", "throttled"],
+            id="per-client-throttle",
+        ),
+        pytest.param(
+            lambda: [ApiKeyAuth(_keys(quota=1), storage=MemoryStore())],
+            2,
+            [200, 429],
+            ["allowed", "quota_exceeded"],
+            id="usage-plan-and-quota",
+        ),
+        pytest.param(
+            lambda: [
+                Throttle(TokenBucket(rate=1000, burst=1000), storage=MemoryStore()),
+                ApiKeyAuth(_keys(quota=1), storage=MemoryStore()),
+            ],
+            2,
+            [200, 429],
+            ["allowed", "quota_exceeded"],
+            id="throttle-admits-plan-refuses",
+        ),
+        pytest.param(
+            lambda: [
+                Throttle(
+                    TokenBucket(rate=0.001, burst=1),
+                    key="source_ip",
+                    strategy="fixed-window",
+                    storage=MemoryStore(),
+                )
+            ],
+            2,
+            [200, 429],
+            ["allowed", "throttled"],
+            id="window-strategy",
+        ),
+        pytest.param(list, 1, [200], [None], id="no-traffic-policy"),
+    ],
+)
+def test_throttle_decision_is_on_every_span(
+    make_client: Any,
+    traces: Traces,
+    policies: Any,
+    requests: int,
+    statuses: list[int],
+    decisions: list[str | None],
+) -> None:
+    client = make_client([Tracing(traces.provider), *policies(), ROUTES])
+    got = [client.get("/pets/1", headers={"x-api-key": KEY}).status_code for _ in range(requests)]
+    assert got == statuses
+    spans = traces.server_spans()
+    assert [s.attributes.get("apigw.throttle") for s in spans] == decisions
+
+
+def test_throttle_decision_on_an_admitted_request_later_denied(
+    make_client: Any, traces: Traces
+) -> None:
+    """The throttle admitted the request; the validator refused it: both are on the span."""
+    client = make_client(
+        [Tracing(traces.provider), Throttle(TokenBucket(rate=100, burst=100)), DenyWhen(), ROUTES]
+    )
+    r = client.get("/pets/1", headers={"x-deny": "BAD_REQUEST_BODY"})
+    assert r.status_code == 400
+    [span] = traces.spans()
+    assert span.attributes["apigw.throttle"] == "allowed"
+    assert span.attributes["apigw.response_type"] == "BAD_REQUEST_BODY"
+
+
+# -- policy spans are named after the public policies ----------------------------------------
+
+
+class Named(BasePolicy):
+    """A policy naming its own span."""
+
+    phase = Phase.VALIDATE
+    span_name = "tenant check"
+
+
+def test_policy_spans_are_named_after_the_public_policies(make_client: Any, traces: Traces) -> None:
+    client = make_client(
+        [
+            Tracing(traces.provider, policy_spans=True),
+            ApiKeyAuth(_keys(quota=100), storage=MemoryStore()),
+            Throttle(TokenBucket(rate=100, burst=100), storage=MemoryStore()),
+            Named(),
+            ROUTES,
+        ]
+    )
+    assert client.get("/pets/1", headers={"x-api-key": KEY}).status_code == 200
+    children = sorted(
+        (s for s in traces.spans() if s.kind is SpanKind.INTERNAL), key=lambda s: s.start_time
+    )
+    # In the gateway's phase order, whatever the list's order.
+    assert [c.name for c in children] == ["Throttle", "ApiKeyAuth", "tenant check"]
+    assert [c.attributes["apigw.policy.phase"] for c in children] == [
+        "THROTTLE",
+        "API_KEY",
+        "VALIDATE",
+    ]

@@ -728,4 +728,4 @@ class _BoundApiKeyAuth:
             return None
         if self.headers:
             effect = Hits(self.store, effect.levels, effect.quotas, self, ctx)
-        return _wait(effect)
+        return _wait(effect, ctx)

@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from ..exceptions import ConfigurationError
@@ -21,9 +21,13 @@ if TYPE_CHECKING:
 __all__ = ["AccessLog", "console_access_log"]
 
 _VARIABLE = re.compile(r"\$context\.([A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)")
-# Names whose values are credentials: never written, whatever the format asks for.
+# Names whose values are credentials: never written, whatever the format asks for. Matched
+# on the variable's last part (``$context.authorizer.accessToken``), and on the keys of a
+# mapping written whole. ``usageIdentifierKey`` is the API key a Lambda authorizer hands to
+# API keys with source AUTHORIZER; other names ending in "Key" (``routeKey``) are no secret.
 _SECRET_NAME = re.compile(
-    r"(?i)(?:token|secret|password|passwd|signature|authorization|credentials?|cookie|apikey)$"
+    r"(?i)(?:token|secret|password|passwd|signature|authorization|credentials?|cookie|apikey"
+    r"|usageidentifierkey)$"
 )
 _CONTROL = "\x00-\x1f\x7f-\x9f\u2028\u2029"
 _CLF_UNSAFE = re.compile(f'["\\\\{_CONTROL}]')
@@ -62,8 +66,23 @@ def _text(value: Any) -> str:
     if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, (Mapping, list, tuple)):
-        return json.dumps(value, separators=(",", ":"), default=str)
+        return json.dumps(_scrubbed(value), separators=(",", ":"), default=str)
     return str(value)
+
+
+def _scrubbed(value: Any, depth: int = 0) -> Any:
+    """A mapping or list to write whole, with the values of secret-named keys left out
+    (``null``), however deep (up to a bound: deeper parts are written as ``null``)."""
+    if depth > 32:
+        return None
+    if isinstance(value, Mapping):
+        return {
+            k: None if isinstance(k, str) and _SECRET_NAME.search(k) else _scrubbed(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_scrubbed(v, depth + 1) for v in value]
+    return value
 
 
 def _clf(value: Any) -> str:
@@ -316,6 +335,8 @@ class AccessLog(BasePolicy):
             preset: :attr:`CLF`, :attr:`JSON` (the default), :attr:`CSV`, :attr:`XML`. It must
             name ``$context.requestId`` or ``$context.extendedRequestId``, as in AWS.
         logger: the :mod:`logging` logger (or its name) the lines go to, at ``INFO``.
+        routes: the route patterns to log (``["ANY /admin/{proxy+}"]``); ``None`` (the
+            default) logs every request, unmatched ones included.
 
     The line is written once the response has been sent in full, for refused and failed
     requests too. Values are escaped for the format (JSON string escapes, CSV quoting, XML
@@ -362,9 +383,13 @@ class AccessLog(BasePolicy):
     )
 
     def __init__(
-        self, format: str = JSON, *, logger: str | logging.Logger = "apigw_mw.access"
+        self,
+        format: str = JSON,
+        *,
+        logger: str | logging.Logger = "apigw_mw.access",
+        routes: Iterable[str] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(routes=routes)
         if not isinstance(format, str) or not format.strip():
             raise ConfigurationError("AccessLog.format", "must be a non-empty format string")
         if "\n" in format or "\r" in format:
@@ -385,7 +410,8 @@ class AccessLog(BasePolicy):
         self._last_failure = 0.0
 
     def __repr__(self) -> str:
-        return f"AccessLog({self.format!r}, logger={self.logger.name!r})"
+        routes = "" if self.routes is None else f", routes={list(self.routes)!r}"
+        return f"AccessLog({self.format!r}, logger={self.logger.name!r}{routes})"
 
     def render(self, request: Request, context: RequestContext) -> str:
         """The access-log line for a request and its context."""

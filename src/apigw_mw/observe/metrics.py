@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from opentelemetry import metrics
 from .._version import __version__
 from ..exceptions import ConfigurationError
 from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy
-from .tracing import OFF
+from .tracing import off
 
 if TYPE_CHECKING:
     from ..context import RequestContext
@@ -64,6 +65,8 @@ class Metrics(BasePolicy):
             (``opentelemetry.metrics.set_meter_provider``), looked up once, when the
             middleware is built: set it before that. With no provider configured, or the
             API's no-op one, the policy switches itself off and costs nothing per request.
+        routes: the route patterns to measure (``["GET /pets/{petId}"]``); ``None`` (the
+            default) measures every request, unmatched ones included.
 
     Instruments:
 
@@ -90,8 +93,13 @@ class Metrics(BasePolicy):
 
     phase = Phase.OBSERVE
 
-    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        meter_provider: metrics.MeterProvider | None = None,
+        *,
+        routes: Iterable[str] | None = None,
+    ) -> None:
+        super().__init__(routes=routes)
         if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
             raise ConfigurationError("Metrics.meter_provider", "must be a MeterProvider")
         self.meter_provider = meter_provider
@@ -105,7 +113,7 @@ class Metrics(BasePolicy):
         self._routes: dict[str | None, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
-        return "Metrics()"
+        return "Metrics()" if self.routes is None else f"Metrics(routes={list(self.routes)!r})"
 
     def bind(self, settings: GatewaySettings) -> Policy:
         provider = self.meter_provider
@@ -115,10 +123,10 @@ class Metrics(BasePolicy):
                 # Unset, the global provider is the API's proxy: nothing records. Set the
                 # global provider before the middleware is built, or pass one here.
                 _log.info("Metrics are off: no OpenTelemetry meter provider is configured")
-                return OFF
+                return off(self.routes)
         meter = provider.get_meter("apigw_mw", __version__)
         if isinstance(meter, metrics.NoOpMeter):
-            return OFF
+            return off(self.routes)
         bound = copy.copy(self)
         bound._stage = settings.stage.name
         bound._attributes = {}

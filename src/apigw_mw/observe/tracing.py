@@ -32,6 +32,7 @@ from .._version import __version__
 from ..exceptions import ConfigurationError
 from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
 from ..responses import Deny, Respond
+from ..traffic.bucket import WATCHED
 from .xray import TraceHeader, parse_traceparent, parse_xray
 
 if TYPE_CHECKING:
@@ -170,6 +171,19 @@ class _Off(BasePolicy):
 OFF: Policy = _Off()
 
 
+def off(routes: tuple[str, ...] | None) -> Policy:
+    """The disabled observer for a policy applying to ``routes``.
+
+    On every route it is :data:`OFF`, which the pipeline drops. A route-limited one keeps
+    its routes, so that the routes it declares count as declared whether or not a provider
+    is configured (``strict_routes``, the most specific route key), but it has no hook and
+    no flow: no plan runs it.
+    """
+    if routes is None:
+        return OFF
+    return _Off(routes=routes)
+
+
 class Tracing(BasePolicy):
     """One OpenTelemetry server span per request, with X-Ray and W3C trace propagation.
 
@@ -182,7 +196,11 @@ class Tracing(BasePolicy):
             ``"tracecontext"`` (W3C ``traceparent``/``tracestate``) and ``"xray"``
             (``X-Amzn-Trace-Id``). The first header naming a parent span wins; an X-Ray
             ``Root`` without ``Parent`` is used only when no header names a parent.
-        policy_spans: also record a child span per policy the request went through.
+        policy_spans: also record a child span per policy the request went through, named
+            after the policy (``Throttle``, ``ApiKeyAuth``, or a policy's ``span_name``
+            attribute when it has one).
+        routes: the route patterns to trace (``["GET /pets/{petId}"]``); ``None`` (the
+            default) traces every request, unmatched ones included.
 
     The span is current while the app runs, so framework and client instrumentation nest
     under it; it ends once the response has been sent in full. When a framework
@@ -209,8 +227,9 @@ class Tracing(BasePolicy):
         *,
         propagators: Iterable[str] = _PROPAGATORS,
         policy_spans: bool = False,
+        routes: Iterable[str] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(routes=routes)
         if isinstance(propagators, str):
             propagators = (propagators,)
         names = tuple(propagators)
@@ -232,13 +251,16 @@ class Tracing(BasePolicy):
         self._late = False
 
     def __repr__(self) -> str:
-        return f"Tracing(propagators={self.propagators!r}, policy_spans={self.policy_spans!r})"
+        routes = "" if self.routes is None else f", routes={list(self.routes)!r}"
+        return (
+            f"Tracing(propagators={self.propagators!r}, policy_spans={self.policy_spans!r}{routes})"
+        )
 
     def bind(self, settings: GatewaySettings) -> Policy:
         bound = copy.copy(self)
         if not bound._resolve():
             _log.info("Tracing is off: no OpenTelemetry tracer provider is configured")
-            return OFF
+            return off(self.routes)
         return bound
 
     def _resolve(self) -> bool:
@@ -293,10 +315,14 @@ class Tracing(BasePolicy):
         extra = context.extra
         extra[_STATE] = active
         extra["xrayTraceId"] = xray_id
-        if self.policy_spans and span.is_recording():
-            active.offset = time.time_ns() - perf_counter_ns()
-            if context.policy_trace is None:  # another observer may have asked already
-                context.policy_trace = []
+        if span.is_recording():
+            # Throttles and usage plans write their decision (``extra["throttle"]``) only
+            # for a request someone records.
+            setattr(context, WATCHED, extra)
+            if self.policy_spans:
+                active.offset = time.time_ns() - perf_counter_ns()
+                if context.policy_trace is None:  # another observer may have asked already
+                    context.policy_trace = []
 
     def on_response(self, request: Request, context: RequestContext, head: ResponseHead) -> None:
         if self._state != _ON:
@@ -486,7 +512,7 @@ class Tracing(BasePolicy):
                 "apigw.policy.decision": _decision_name(decision),
             }
             child = tracer.start_span(
-                type(policy).__name__,
+                span_name(policy),
                 context=parent,
                 kind=SpanKind.INTERNAL,
                 attributes=attrs,
@@ -562,6 +588,29 @@ def _headers(request: Request) -> tuple[str | None, dict[str, list[str]] | None]
                 found = {}
             found[key] = values
     return headers.get("user-agent"), found
+
+
+def span_name(policy: Any) -> str:
+    """The name of a policy's child span: its ``span_name`` attribute when it has one, else
+    the public policy it runs (a bound policy's ``spec``, a wrapper's ``inner``), else its
+    class name without the private ``_Bound`` prefix."""
+    for _ in range(4):  # wrappers of bound policies: a few levels at most
+        name = getattr(policy, "span_name", None)
+        if isinstance(name, str) and name:
+            return name
+        for attr in ("spec", "inner"):
+            inner = getattr(policy, attr, None)
+            if (
+                inner is not None
+                and inner is not policy
+                and isinstance(getattr(inner, "phase", None), int)
+            ):
+                policy = inner
+                break
+        else:
+            break
+    name = type(policy).__name__
+    return name.removeprefix("_Bound").lstrip("_") or name
 
 
 def _decision_name(decision: Any) -> str:

@@ -107,10 +107,22 @@ def limited_route(
     return best.key if best is not None else None
 
 
-def _wait(effect: Any) -> Generator[Any, Any, Deny | None]:
+#: The request-context attribute under which an observer that records traffic decisions
+#: (``Tracing``) puts the context's ``extra`` map. A plain attribute read finds it, or its
+#: absence, for next to nothing; looking for ``extra`` itself would build it (and the
+#: context's attribute dict) on every request nobody watches.
+WATCHED: Final = "_apigw_watched"
+
+
+def _wait(effect: Any, ctx: RequestContext) -> Generator[Any, Any, Deny | None]:
     outcome = yield effect
     if isinstance(outcome, BaseException):  # pragma: no cover - stores return decisions
         raise outcome
+    if outcome is None:
+        # Admitted: ``extra["throttle"]`` for an observer (Tracing's ``apigw.throttle``).
+        watched = getattr(ctx, WATCHED, None)
+        if watched is not None:
+            watched["throttle"] = "allowed"
     return outcome  # type: ignore[no-any-return]
 
 
@@ -386,14 +398,14 @@ class _BoundThrottle:
             if effect is None:
                 effect = self._cached(route, ip)
         elif kind == "api_key":
-            return _wait(self._by_key(route, ctx))
+            return _wait(self._by_key(route, ctx), ctx)
         else:
             assert self._func is not None
             value = self._func(request)
             if value is None:
                 return None
             effect = self._cached(route, str(value))
-        return _wait(effect if not self.headers else self._for(effect, ctx))
+        return _wait(effect if not self.headers else self._for(effect, ctx), ctx)
 
     def _by_key(self, route: str | None, ctx: RequestContext) -> Any:
         """An effect whose bucket is known once the API key check of the phase has run."""
