@@ -362,7 +362,9 @@ class RequestContext:
                     return _dig(value, rest[1:])
             return None
         if head == "authorizer":
-            return _dig(self.authorizer, rest) if rest else None
+            if not rest or rest[0] == "usageIdentifierKey":
+                return None  # an API key: never in logs or response templates
+            return _dig(self.authorizer, rest)
         simple = _SIMPLE.get(head)
         if simple is not None and not rest:
             return simple(self)

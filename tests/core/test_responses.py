@@ -9,9 +9,12 @@ import pytest
 
 from apigw_mw import (
     RESPONSE_TYPES,
+    BasePolicy,
     ConfigurationError,
+    Deny,
     GatewayResponse,
     GatewayResponses,
+    Phase,
     RouteTable,
     Stage,
 )
@@ -450,3 +453,23 @@ def test_errors_in_a_fallback_name_the_fallback(kind: str, fallback: GatewayResp
     with pytest.raises(ConfigurationError) as info:
         GatewayResponses({kind: fallback})
     assert info.value.field.startswith(f"responses.{kind}")
+
+
+def test_templates_never_write_an_api_key_from_the_authorizer(make_client) -> None:
+    key = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
+
+    class KeyThenRefuse(BasePolicy):
+        phase = Phase.AUTHORIZE
+
+        def flow(self, request, context):
+            context.authorizer["usageIdentifierKey"] = key
+            return Deny("ACCESS_DENIED")
+
+    template = '{"key": "$context.authorizer.usageIdentifierKey"}'
+    responses = GatewayResponses(
+        {"ACCESS_DENIED": GatewayResponse(templates={"application/json": template})}
+    )
+    r = make_client([KeyThenRefuse()], responses=responses).get("/x")
+    assert r.status_code == 403
+    assert key not in r.text
+    assert r.json() == {"key": ""}
