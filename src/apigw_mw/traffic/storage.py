@@ -368,46 +368,39 @@ class Store:
 
     # Batcher protocol -------------------------------------------------------------------
 
-    def run_many_sync(self, effects: list[Hits]) -> list[Deny | None]:
+    def _todo(
+        self, effects: list[Hits]
+    ) -> tuple[Hits | None, Sequence[Level], Sequence[QuotaLevel], bool] | None:
+        """What to decide for a batch (``None``: nothing, every effect admitted)."""
         if len(effects) == 1:  # one policy's effect: no lists to merge
             e = effects[0]
             if e.resolve is not None:
                 e.levels = e.resolve()
                 e.resolve = None
             if not e.levels and not e.quotas:
-                return [None]
-            try:
-                raw = self.decide_sync(e, e.levels, e.quotas, e.detail)
-            except StorageError as exc:
-                return self._failed(effects, exc)
-            return [None] if raw is None else _verdicts(effects, raw)
+                return None
+            return e, e.levels, e.quotas, e.detail
         levels, quotas, detail = _collect(effects)
         if not levels and not quotas:
+            return None
+        return None, levels, quotas, detail
+
+    def run_many_sync(self, effects: list[Hits]) -> list[Deny | None]:
+        todo = self._todo(effects)
+        if todo is None:
             return [None] * len(effects)
         try:
-            raw = self.decide_sync(None, levels, quotas, detail)
+            raw = self.decide_sync(*todo)
         except StorageError as exc:
             return self._failed(effects, exc)
         return [None] * len(effects) if raw is None else _verdicts(effects, raw)
 
     async def run_many_async(self, effects: list[Hits]) -> list[Deny | None]:
-        if len(effects) == 1:
-            e = effects[0]
-            if e.resolve is not None:
-                e.levels = e.resolve()
-                e.resolve = None
-            if not e.levels and not e.quotas:
-                return [None]
-            try:
-                raw = await self.decide_async(e, e.levels, e.quotas, e.detail)
-            except StorageError as exc:
-                return self._failed(effects, exc)
-            return [None] if raw is None else _verdicts(effects, raw)
-        levels, quotas, detail = _collect(effects)
-        if not levels and not quotas:
+        todo = self._todo(effects)
+        if todo is None:
             return [None] * len(effects)
         try:
-            raw = await self.decide_async(None, levels, quotas, detail)
+            raw = await self.decide_async(*todo)
         except StorageError as exc:
             return self._failed(effects, exc)
         return [None] * len(effects) if raw is None else _verdicts(effects, raw)
