@@ -25,6 +25,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _TIMEOUT = Deny("INTEGRATION_TIMEOUT")
+_GATEWAY_HEADERS = frozenset((b"content-length", b"x-amzn-requestid", b"transfer-encoding"))
 _get_running_loop = asyncio.get_running_loop
 if sys.version_info < (3, 12) and isinstance(getattr(asyncio.tasks, "_current_tasks", None), dict):
     # Before 3.12 ``asyncio.current_task`` is Python code around this dictionary.
@@ -158,13 +159,15 @@ class GatewayMiddleware:
         raw_headers = scope.get("headers") or ()
         supplied_id = content_length = None
         chunked = False
+        wanted = _GATEWAY_HEADERS
         for name, value in raw_headers:
-            if name == b"content-length":
-                content_length = value
-            elif name == b"x-amzn-requestid":
-                supplied_id = value
-            elif name == b"transfer-encoding":
-                chunked = True
+            if name in wanted:  # one hash lookup per header; the three are rare
+                if name == b"content-length":
+                    content_length = value
+                elif name == b"x-amzn-requestid":
+                    supplied_id = value
+                else:
+                    chunked = True
         path = scope["path"]
         root_path = scope.get("root_path")
         if root_path and path.startswith(root_path):
