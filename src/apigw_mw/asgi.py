@@ -183,7 +183,7 @@ class GatewayMiddleware:
         decision: Deny | Respond | None
         if gw.empty:
             # No policy and no route: only the request id, the size limit and the context.
-            ctx = RequestContext._new(
+            ex = ctx = _Exchange._new(
                 new_request_id() if supplied_id is None else gw.request_id(supplied_id),
                 scope["method"],
                 path,
@@ -198,10 +198,12 @@ class GatewayMiddleware:
                     status, headers, body = gw.gateway_response(decision, None, ctx, plan)
                     await _respond(send, status, headers, body)
                     return
-            ex = _Exchange(gw, plan, ctx, send)
+            ex._attach(gw, plan, send)
         else:
             request = self._request(scope, receive, path)
-            ctx = gw.context(request, gw.request_id(supplied_id), protocol)
+            ex = ctx = _Exchange._new(
+                gw.request_id(supplied_id), request.method, path, protocol, gw.stage, request
+            )
             plan, decision = gw.route(request, ctx, gw.route_path(path))
             if plan.request_hooks:
                 gw.request_hooks(plan, request, ctx)
@@ -222,14 +224,14 @@ class GatewayMiddleware:
                     if plan.complete_hooks:
                         gw.complete_hooks(plan, request, ctx)
                 return
-            ex = _Exchange(gw, plan, ctx, send)
+            ex._attach(gw, plan, send)
             buffered = request.body
             if buffered is not None:
                 receive = _replay(buffered, receive)
                 chunked = False
         if chunked and gw.max_body_size is not None:
-            ex.limited = _Limited(receive, gw.max_body_size)
-            receive = ex.limited.receive
+            ex._limited = _Limited(receive, gw.max_body_size)
+            receive = ex._limited.receive
 
         # Scopes are per request: adding keys is how ASGI middleware hands data downstream.
         scope["apigw.context"] = ctx
@@ -245,7 +247,7 @@ class GatewayMiddleware:
                 loop = _get_running_loop()
             except RuntimeError:  # not running on asyncio (trio): no timeout
                 loop = None
-            task = ex.task = None if loop is None else _current_task(loop)
+            task = ex._task = None if loop is None else _current_task(loop)
             if task is not None:
                 watchdog = self._watchdog
                 if watchdog is None or watchdog.loop is not loop:
@@ -255,23 +257,23 @@ class GatewayMiddleware:
                     watchdog.start()
         answer: Deny | None = None
         try:
-            await self.app(scope, receive, ex.send)
+            await self.app(scope, receive, ex._send_wrapped)
         except asyncio.CancelledError:
-            if not ex.cut:
+            if not ex._cut:
                 raise
-            uncancel = getattr(ex.task, "uncancel", None)
+            uncancel = getattr(ex._task, "uncancel", None)
             if uncancel is not None:
                 uncancel()
             answer = _TIMEOUT
         except Exception:
-            limited = ex.limited
-            if limited is None or not limited.exceeded or ex.started:
+            limited = ex._limited
+            if limited is None or not limited.exceeded or ex._started:
                 raise
         finally:
             if watchdog is not None:
                 watchdog.watched.pop(ex, None)
-            limited = ex.limited
-            if answer is None and limited is not None and limited.exceeded and not ex.started:
+            limited = ex._limited
+            if answer is None and limited is not None and limited.exceeded and not ex._started:
                 answer = _TOO_LARGE
             if answer is not None:
                 status, headers, body = gw.gateway_response(answer, ctx._req(), ctx, plan)
@@ -284,58 +286,58 @@ class GatewayMiddleware:
         return Request._from_scope(scope, path, gw.proxies, _Body(receive, gw.max_body_size))
 
 
-class _Exchange:
-    """Per-request state of a call to the app; its ``send`` wraps the server's."""
+class _Exchange(RequestContext):
+    """The request's context, doubling as the state of its call to the app: one object a
+    request instead of two. ``_send_wrapped`` wraps the server's ``send``."""
 
     # Class-level defaults: a request sets only what differs.
-    started = False
-    cut = False  # the gateway answers instead of the app (timeout, body too large)
-    limited: _Limited | None = None
-    task: asyncio.Task[Any] | None = None
+    _started = False
+    _cut = False  # the gateway answers instead of the app (timeout, body too large)
+    _limited: _Limited | None = None
+    _task: asyncio.Task[Any] | None = None
 
-    def __init__(self, gw: Gateway, plan: Any, ctx: RequestContext, send: Send) -> None:
-        self.gw = gw
-        self.plan = plan
-        self.ctx = ctx
-        self._send = send
-        self.rid = (b"x-amzn-requestid", ctx.request_id.encode("latin-1"))
-        self.app_start = perf_counter()
+    def _attach(self, gw: Gateway, plan: Any, send: Send) -> None:
+        self._gw = gw
+        self._plan = plan
+        self._server_send = send
+        self._app_start = perf_counter()
 
-    def send(self, message: Message) -> Awaitable[None]:
+    def _send_wrapped(self, message: Message) -> Awaitable[None]:
         # A plain function handing back the server's awaitable: no coroutine of our own
         # per message.
-        if self.cut:
+        if self._cut:
             return _nothing()
         kind = message["type"]
         if kind == "http.response.start":
-            limited = self.limited
-            if self.started or (limited is not None and limited.exceeded):
+            limited = self._limited
+            if self._started or (limited is not None and limited.exceeded):
                 return _nothing()
-            self.started = True
+            self._started = True
             status = message["status"]
-            headers = [*(message.get("headers") or ()), self.rid]
-            ctx = self.ctx
-            ctx.status = status
-            ctx.integration_latency = int((perf_counter() - self.app_start) * 1000)
-            plan = self.plan
+            headers = [
+                *(message.get("headers") or ()),
+                (b"x-amzn-requestid", self.request_id.encode("latin-1")),
+            ]
+            self.status = status
+            self.integration_latency = int((perf_counter() - self._app_start) * 1000)
+            plan = self._plan
             if plan.response_hooks:
                 head = ResponseHead(status, headers)
-                self.gw.on_response(plan, ctx._req(), ctx, head)
+                self._gw.on_response(plan, self._req(), self, head)
                 headers = head.headers
             message["headers"] = headers
         elif kind == "http.response.body":
-            if not self.started:
+            if not self._started:
                 return _nothing()
-            if self.plan.complete_hooks:
-                ctx = self.ctx
-                ctx.response_length = (ctx.response_length or 0) + len(message.get("body", b""))
-        return self._send(message)
+            if self._plan.complete_hooks:
+                self.response_length = (self.response_length or 0) + len(message.get("body", b""))
+        return self._server_send(message)
 
-    def expire(self) -> None:
+    def _expire(self) -> None:
         """Called by the watchdog once the deadline passed without a response start."""
-        task = self.task
-        if not self.started and task is not None:
-            self.cut = True
+        task = self._task
+        if not self._started and task is not None:
+            self._cut = True
             task.cancel()
 
 
@@ -369,11 +371,11 @@ class _Watchdog:
     def _check(self) -> None:
         now = self.loop.time()
         watched = self.watched
-        expired = [ex for ex, deadline in watched.items() if deadline <= now or ex.started]
+        expired = [ex for ex, deadline in watched.items() if deadline <= now or ex._started]
         for ex in expired:
             del watched[ex]
-            if not ex.started:
-                ex.expire()
+            if not ex._started:
+                ex._expire()
         self.handle = self.loop.call_later(self.tick, self._check) if watched else None
 
 

@@ -21,6 +21,7 @@ from .responses import json_string
 __all__ = ["ErrorInfo", "Identity", "RequestContext", "get_context"]
 
 _T = TypeVar("_T")
+_C = TypeVar("_C", bound="RequestContext")
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -251,14 +252,14 @@ class RequestContext:
 
     @classmethod
     def _new(
-        cls,
+        cls: type[_C],
         request_id: str,
         http_method: str,
         path: str,
         protocol: str,
         stage: Any,
         request: Any,
-    ) -> RequestContext:
+    ) -> _C:
         """The adapters' constructor: the fewest attribute writes a request needs.
 
         ``request`` is the :class:`~apigw_mw.Request` or a callable that builds it.
