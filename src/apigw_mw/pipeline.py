@@ -348,78 +348,55 @@ class Pipeline:
         if not plan.simple or ctx.policy_trace is not None:
             return drive_sync(self.flow(plan, request, ctx))
         outcome = _run_simple(plan, request, ctx, 0, 0)
-        while type(outcome) is _Pending:
-            p = outcome
-            state, x = _step(p.policy, p.gen, None, False)
-            value: Any
-            alone = p.position == len(plan.phases[p.phase]) - 1
-            while state == "effect" and (
-                type(x) is ReadBody or (alone and getattr(x, "batcher", None) is not None)
-            ):
-                # A body read, or the effects of the last flow of its phase (nothing left to
-                # batch them with): performed here, without the batch machinery.
-                try:
-                    if type(x) is ReadBody:
-                        value, error = x.run_sync(), False
-                    else:
-                        value = x.batcher.run_many_sync([x])[0]
-                        error = isinstance(value, BaseException)
-                except BodyTooLarge:
-                    p.gen.close()
-                    return _BODY_TOO_LARGE
-                except ClientDisconnect:
-                    raise
-                except Exception as exc:
-                    value, error = exc, True
-                state, x = _step(p.policy, p.gen, value, error)
-            if state == "effect":
-                return drive_sync(_resume(p, x, plan, request, ctx))
-            decision = _terminal(x, ctx, p.policy)
-            if decision is not None:
-                return decision
-            outcome = _run_simple(plan, request, ctx, p.phase, p.position + 1)
-        return outcome  # type: ignore[return-value]  # not a _Pending: the loop ended
+        if type(outcome) is not _Pending:
+            return outcome  # type: ignore[return-value]
+        fast = _Fast(plan, request, ctx)
+        kind, x = fast.begin(outcome)
+        value: Any
+        while kind == "perform":
+            try:
+                if type(x) is ReadBody:
+                    value, error = x.run_sync(), False
+                else:
+                    value = x.batcher.run_many_sync([x])[0]
+                    error = isinstance(value, BaseException)
+            except BodyTooLarge:
+                return fast.too_large()
+            except ClientDisconnect:
+                raise
+            except Exception as exc:
+                value, error = exc, True
+            kind, x = fast.resume(value, error)
+        return drive_sync(x) if kind == "machinery" else x
 
     async def run_async(self, plan: _Plan, request: Request, ctx: RequestContext) -> Outcome:
         """The plan's outcome, awaiting effects (ASGI)."""
         if not plan.simple or ctx.policy_trace is not None:
             return await drive_async(self.flow(plan, request, ctx))
         outcome = _run_simple(plan, request, ctx, 0, 0)
-        while type(outcome) is _Pending:
-            p = outcome
-            state, x = _step(p.policy, p.gen, None, False)
-            value: Any
-            alone = p.position == len(plan.phases[p.phase]) - 1
-            while state == "effect" and (
-                type(x) is ReadBody or (alone and getattr(x, "batcher", None) is not None)
-            ):
-                # A body read, or the effects of the last flow of its phase (nothing left to
-                # batch them with): performed here, without the batch machinery.
-                try:
-                    if type(x) is ReadBody:
-                        value, error = await x.run_async(), False
-                    else:
-                        batcher = x.batcher
-                        if getattr(batcher, "inline", False):
-                            value = batcher.run_many_sync([x])[0]
-                        else:
-                            value = (await batcher.run_many_async([x]))[0]
-                        error = isinstance(value, BaseException)
-                except BodyTooLarge:
-                    p.gen.close()
-                    return _BODY_TOO_LARGE
-                except ClientDisconnect:
-                    raise
-                except Exception as exc:
-                    value, error = exc, True
-                state, x = _step(p.policy, p.gen, value, error)
-            if state == "effect":
-                return await drive_async(_resume(p, x, plan, request, ctx))
-            decision = _terminal(x, ctx, p.policy)
-            if decision is not None:
-                return decision
-            outcome = _run_simple(plan, request, ctx, p.phase, p.position + 1)
-        return outcome  # type: ignore[return-value]  # not a _Pending: the loop ended
+        if type(outcome) is not _Pending:
+            return outcome  # type: ignore[return-value]
+        fast = _Fast(plan, request, ctx)
+        kind, x = fast.begin(outcome)
+        value: Any
+        while kind == "perform":
+            try:
+                if type(x) is ReadBody:
+                    value, error = await x.run_async(), False
+                elif getattr(x.batcher, "inline", False):
+                    value = x.batcher.run_many_sync([x])[0]
+                    error = isinstance(value, BaseException)
+                else:
+                    value = (await x.batcher.run_many_async([x]))[0]
+                    error = isinstance(value, BaseException)
+            except BodyTooLarge:
+                return fast.too_large()
+            except ClientDisconnect:
+                raise
+            except Exception as exc:
+                value, error = exc, True
+            kind, x = fast.resume(value, error)
+        return await drive_async(x) if kind == "machinery" else x
 
     # -- the flow both drivers run ----------------------------------------------------------
 
@@ -444,6 +421,52 @@ class _Pending:
         self.position = position
         self.policy = policy
         self.gen = gen
+
+
+class _Fast:
+    """A plan of plain flows, one of which turned out to be a generator: the logic both
+    drivers share. It says what to do next: ``("perform", effect)`` for the driver to perform
+    (a body read, or the effect of the last flow of its phase, which nothing is left to
+    batch with), ``("machinery", flow)`` for the batch machinery to finish, or
+    ``("done", outcome)``."""
+
+    __slots__ = ("ctx", "pending", "plan", "request")
+
+    def __init__(self, plan: _Plan, request: Request, ctx: RequestContext) -> None:
+        self.plan = plan
+        self.request = request
+        self.ctx = ctx
+        self.pending: _Pending
+
+    def begin(self, pending: _Pending) -> tuple[str, Any]:
+        self.pending = pending
+        return self._after(*_step(pending.policy, pending.gen, None, False))
+
+    def resume(self, value: Any, error: bool) -> tuple[str, Any]:
+        p = self.pending
+        return self._after(*_step(p.policy, p.gen, value, error))
+
+    def too_large(self) -> Outcome:
+        self.pending.gen.close()
+        return _BODY_TOO_LARGE
+
+    def _after(self, state: str, x: Any) -> tuple[str, Any]:
+        p = self.pending
+        plan = self.plan
+        if state == "effect":
+            if type(x) is ReadBody or (
+                p.position == len(plan.phases[p.phase]) - 1
+                and getattr(x, "batcher", None) is not None
+            ):
+                return "perform", x
+            return "machinery", _resume(p, x, plan, self.request, self.ctx)
+        decision = _terminal(x, self.ctx, p.policy)
+        if decision is not None:
+            return "done", decision
+        outcome = _run_simple(plan, self.request, self.ctx, p.phase, p.position + 1)
+        if type(outcome) is not _Pending:
+            return "done", outcome
+        return self.begin(outcome)
 
 
 def _run_simple(
