@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from functools import partial
-from time import perf_counter
+from time import perf_counter as _perf_counter
 from typing import Any
 
-from .context import RequestContext, new_request_id
+from .context import RequestContext, _next_id, _once, new_request_id
 from .gateway import Gateway
-from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead
+from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead, _Plan
 from .request import Request
 from .responses import Deny, GatewayResponses, Respond
 from .routes import Stage
@@ -26,22 +27,20 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _TIMEOUT = Deny("INTEGRATION_TIMEOUT")
 _GATEWAY_HEADERS = frozenset((b"content-length", b"x-amzn-requestid", b"transfer-encoding"))
-_get_running_loop = asyncio.get_running_loop
+_get_running_loop = asyncio._get_running_loop  # None outside a running loop (trio)
+_current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
 if sys.version_info < (3, 12) and isinstance(getattr(asyncio.tasks, "_current_tasks", None), dict):
     # Before 3.12 ``asyncio.current_task`` is Python code around this dictionary.
-    _running_tasks: dict[Any, Any] = getattr(asyncio.tasks, "_current_tasks")  # noqa: B009
-
-    def _current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
-        return _running_tasks.get(loop)
-
+    _current_task = getattr(asyncio.tasks, "_current_tasks").get  # noqa: B009
 else:
-
-    def _current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
-        return asyncio.current_task(loop)
+    _current_task = asyncio.current_task
 
 
 _PROTOCOLS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2", "2.0": "HTTP/2", "3": "HTTP/3"}
 _TOO_LARGE = Deny("REQUEST_TOO_LARGE")
+# Where the app's response stands: not started, started, or cut off by the gateway, which
+# answers instead (integration timeout, streamed body over the limit).
+_WAITING, _STARTED, _CUT = 0, 1, 2
 
 
 class _Body:
@@ -139,7 +138,7 @@ class GatewayMiddleware:
     ) -> None:
         self.app = app
         self._watchdog: _Watchdog | None = None
-        self.gateway = Gateway(
+        self.gateway = gw = Gateway(
             policies=policies,
             stage=stage,
             responses=responses,
@@ -150,17 +149,20 @@ class GatewayMiddleware:
             strict_routes=strict_routes,
             mode="async",
         )
+        context_class = _Exchange._for_stage(gw.stage)
+        context_class._gw = gw
+        context_class._plan = gw.pipeline._global_plan
+        self._new_context: Callable[[], _Exchange] = partial(object.__new__, context_class)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         gw = self.gateway
-        raw_headers = scope.get("headers") or ()
         supplied_id = content_length = None
         chunked = False
         wanted = _GATEWAY_HEADERS
-        for name, value in raw_headers:
+        for name, value in scope.get("headers") or ():
             if name in wanted:  # one hash lookup per header; the three are rare
                 if name == b"content-length":
                     content_length = value
@@ -176,34 +178,38 @@ class GatewayMiddleware:
                 path = "/"
             elif rest[0] == "/":
                 path = rest
-        version = scope.get("http_version", "1.1")
-        protocol = _PROTOCOLS.get(version) or "HTTP/1.1"
-        if version != "1.1" and content_length is None and not chunked and version[:1] in "23":
-            chunked = True  # HTTP/2 and HTTP/3 stream a body without Transfer-Encoding
+        # The context, written field by field: its class carries the stage's fields, the
+        # gateway and the defaults; the method and the request view are read when asked for.
+        ex = ctx = self._new_context()
+        if supplied_id is None:
+            try:
+                ex.request_id = _next_id()
+            except ValueError:  # the id generator is busy in another thread
+                ex.request_id = new_request_id()
+        else:
+            ex.request_id = gw.request_id(supplied_id)
+        ex.start = _perf_counter()
+        ex.path = path
+        ex._scope = scope
+        ex._receive = receive
+        ex._server_send = send
+        version = scope.get("http_version")
+        if version is not None and version != "1.1":
+            ex.protocol = _PROTOCOLS.get(version) or "HTTP/1.1"
+            if content_length is None and not chunked and version[:1] in "23":
+                chunked = True  # HTTP/2 and HTTP/3 stream a body without Transfer-Encoding
         decision: Deny | Respond | None
         if gw.empty:
             # No policy and no route: only the request id, the size limit and the context.
-            ex = ctx = _Exchange._new(
-                new_request_id() if supplied_id is None else gw.request_id(supplied_id),
-                scope["method"],
-                path,
-                protocol,
-                gw.stage,
-                partial(self._request, scope, receive, path),
-            )
-            plan = gw.pipeline._global_plan
+            plan = ex._plan
             if content_length is not None:
                 decision = gw.too_large(content_length)
                 if decision is not None:
                     status, headers, body = gw.gateway_response(decision, None, ctx, plan)
                     await _respond(send, status, headers, body)
                     return
-            ex._attach(gw, plan, send)
         else:
-            request = self._request(scope, receive, path)
-            ex = ctx = _Exchange._new(
-                gw.request_id(supplied_id), request.method, path, protocol, gw.stage, request
-            )
+            request = ex._req()
             plan, decision = gw.route(request, ctx, gw.route_path(path))
             if plan.request_hooks:
                 gw.request_hooks(plan, request, ctx)
@@ -224,120 +230,144 @@ class GatewayMiddleware:
                     if plan.complete_hooks:
                         gw.complete_hooks(plan, request, ctx)
                 return
-            ex._attach(gw, plan, send)
+            ex._plan = plan
             buffered = request.body
             if buffered is not None:
                 receive = _replay(buffered, receive)
                 chunked = False
+        if plan.observed:
+            ex._app_start = _perf_counter()
         if chunked and gw.max_body_size is not None:
-            ex._limited = _Limited(receive, gw.max_body_size)
+            ex._limited = _Limited(receive, gw.max_body_size, ex)
             receive = ex._limited.receive
 
         # Scopes are per request: adding keys is how ASGI middleware hands data downstream.
+        # The context refers to the scope (and the server's callables, which may too): the
+        # scope lets go of it when the request ends, so that no reference cycle is left for
+        # the garbage collector.
         scope["apigw.context"] = ctx
         state = scope.get("state")
         if state is None:
-            scope["state"] = {"apigw": ctx}
+            state = scope["state"] = {"apigw": ctx}
         else:
             state["apigw"] = ctx
 
         watchdog = None
         if gw.integration_timeout is not None:
-            try:
-                loop = _get_running_loop()
-            except RuntimeError:  # not running on asyncio (trio): no timeout
-                loop = None
-            task = ex._task = None if loop is None else _current_task(loop)
-            if task is not None:
+            loop = _get_running_loop()
+            task = None if loop is None else _current_task(loop)
+            if task is not None:  # not on asyncio (trio): no timeout
+                ex._task = task
                 watchdog = self._watchdog
                 if watchdog is None or watchdog.loop is not loop:
                     watchdog = self._watchdog = _Watchdog(task.get_loop(), gw.integration_timeout)
-                watchdog.watched[ex] = watchdog.loop.time() + watchdog.timeout
+                watchdog.watched[ex] = watchdog.ticks
                 if watchdog.handle is None:
                     watchdog.start()
         answer: Deny | None = None
         try:
             await self.app(scope, receive, ex._send_wrapped)
         except asyncio.CancelledError:
-            if not ex._cut:
+            if not ex._timed_out:
                 raise
             uncancel = getattr(ex._task, "uncancel", None)
             if uncancel is not None:
                 uncancel()
             answer = _TIMEOUT
         except Exception:
-            limited = ex._limited
-            if limited is None or not limited.exceeded or ex._started:
-                raise
+            if ex._state != _CUT or ex._timed_out:
+                raise  # unless the body limit cut the app off: then its error is expected
         finally:
             if watchdog is not None:
                 watchdog.watched.pop(ex, None)
-            limited = ex._limited
-            if answer is None and limited is not None and limited.exceeded and not ex._started:
-                answer = _TOO_LARGE
-            if answer is not None:
-                status, headers, body = gw.gateway_response(answer, ctx._req(), ctx, plan)
-                await _respond(send, status, headers, body)
-            if plan.complete_hooks:
-                gw.complete_hooks(plan, ctx._req(), ctx)
+            if ex._state == _CUT or plan.complete_hooks:
+                await self._finish(ex, answer)
+            scope.pop("apigw.context", None)
+            state.pop("apigw", None)
 
-    def _request(self, scope: Scope, receive: Receive, path: str) -> Request:
+    async def _finish(self, ex: _Exchange, answer: Deny | None) -> None:
+        """After the app: the gateway's own answer if it cut the app off, then the hooks."""
         gw = self.gateway
-        return Request._from_scope(scope, path, gw.proxies, _Body(receive, gw.max_body_size))
+        if answer is None and ex._state == _CUT:
+            # The app swallowed the cancellation, or the body went over the limit.
+            answer = _TIMEOUT if ex._timed_out else _TOO_LARGE
+        plan = ex._plan
+        if answer is not None:
+            status, headers, body = gw.gateway_response(answer, ex._req(), ex, plan)
+            await _respond(send=ex._server_send, status=status, headers=headers, body=body)
+        if plan.complete_hooks:
+            gw.complete_hooks(plan, ex._req(), ex)
 
 
 class _Exchange(RequestContext):
     """The request's context, doubling as the state of its call to the app: one object a
-    request instead of two. ``_send_wrapped`` wraps the server's ``send``."""
+    request instead of two. ``_send_wrapped`` wraps the server's ``send``.
+
+    :meth:`GatewayMiddleware.__init__` makes a subclass per middleware that carries the
+    stage's fields, the gateway (``_gw``) and the plan of requests outside every route
+    (``_plan``) as class attributes.
+    """
 
     # Class-level defaults: a request sets only what differs.
-    _started = False
-    _cut = False  # the gateway answers instead of the app (timeout, body too large)
+    _gw: Gateway
+    _plan: _Plan
+    _request: Request | None = None
+    protocol = "HTTP/1.1"
+    _scope: Scope
+    _receive: Receive
+    _server_send: Send
+    _app_start = 0.0
+    _state = _WAITING
+    _timed_out = False
     _limited: _Limited | None = None
     _task: asyncio.Task[Any] | None = None
 
-    def _attach(self, gw: Gateway, plan: Any, send: Send) -> None:
-        self._gw = gw
-        self._plan = plan
-        self._server_send = send
-        self._app_start = perf_counter()
+    @_once
+    def http_method(self) -> str:
+        return str(self._scope["method"])
+
+    def _req(self) -> Request:
+        """The request view, built on first use."""
+        request = self._request
+        if request is None:
+            gw = self._gw
+            request = self._request = Request._from_scope(
+                self._scope, self.path, gw.proxies, _Body(self._receive, gw.max_body_size)
+            )
+        return request
 
     def _send_wrapped(self, message: Message) -> Awaitable[None]:
         # A plain function handing back the server's awaitable: no coroutine of our own
         # per message.
-        if self._cut:
-            return _nothing()
-        kind = message["type"]
-        if kind == "http.response.start":
-            limited = self._limited
-            if self._started or (limited is not None and limited.exceeded):
+        if message["type"] == "http.response.start":
+            if self._state:
                 return _nothing()
-            self._started = True
-            status = message["status"]
+            self._state = _STARTED
             headers = [
                 *(message.get("headers") or ()),
                 (b"x-amzn-requestid", self.request_id.encode("latin-1")),
             ]
-            self.status = status
-            self.integration_latency = int((perf_counter() - self._app_start) * 1000)
+            self.status = message["status"]
             plan = self._plan
-            if plan.response_hooks:
-                head = ResponseHead(status, headers)
-                self._gw.on_response(plan, self._req(), self, head)
-                headers = head.headers
+            if plan.observed:
+                self.integration_latency = int((_perf_counter() - self._app_start) * 1000)
+                if plan.response_hooks:
+                    head = ResponseHead(self.status, headers)
+                    self._gw.on_response(plan, self._req(), self, head)
+                    headers = head.headers
             message["headers"] = headers
-        elif kind == "http.response.body":
-            if not self._started:
-                return _nothing()
-            if self._plan.complete_hooks:
-                self.response_length = (self.response_length or 0) + len(message.get("body", b""))
+        elif self._state != _STARTED:
+            return _nothing()
+        elif message["type"] == "http.response.body" and self._plan.complete_hooks:
+            self.response_length = (self.response_length or 0) + len(message.get("body", b""))
         return self._server_send(message)
 
     def _expire(self) -> None:
         """Called by the watchdog once the deadline passed without a response start."""
         task = self._task
-        if not self._started and task is not None:
-            self._cut = True
+        if self._state == _WAITING and task is not None:
+            self._state = _CUT
+            self._timed_out = True
             task.cancel()
 
 
@@ -345,37 +375,35 @@ class _Watchdog:
     """One timer per event loop enforces every in-flight request's integration timeout.
 
     A timer per request costs more than the rest of the gateway's per-request work; a
-    shared tick, at a tenth of the timeout (at most every 0.5 s), is precise enough.
+    shared tick, at a tenth of the timeout (at most every 0.5 s), is precise enough: a
+    request is cut between ``timeout`` and ``timeout`` plus one tick after it started.
+    Requests are stamped with the tick count, so registering one reads no clock.
     """
 
-    __slots__ = ("handle", "loop", "tick", "timeout", "watched")
+    __slots__ = ("handle", "limit", "loop", "tick", "ticks", "timeout", "watched")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self.loop = loop
         self.timeout = timeout
         self.tick = min(timeout / 10, 0.5)
-        self.watched: dict[_Exchange, float] = {}
+        self.limit = math.ceil(timeout / self.tick - 1e-9)
+        self.ticks = 0
+        self.watched: dict[_Exchange, int] = {}
         self.handle: asyncio.TimerHandle | None = None
-
-    def watch(self, ex: _Exchange) -> None:
-        self.watched[ex] = self.loop.time() + self.timeout
-        if self.handle is None:
-            self.start()
 
     def start(self) -> None:
         self.handle = self.loop.call_later(self.tick, self._check)
 
-    def forget(self, ex: _Exchange) -> None:
-        self.watched.pop(ex, None)
-
     def _check(self) -> None:
-        now = self.loop.time()
+        self.ticks = now = self.ticks + 1
+        # Stamped at tick ``t`` means started after tick ``t`` fired: ``now - t`` full ticks
+        # have passed for sure once ``now - t > limit``.
+        oldest = now - self.limit
         watched = self.watched
-        expired = [ex for ex, deadline in watched.items() if deadline <= now or ex._started]
+        expired = [ex for ex, t in watched.items() if t < oldest or ex._state]
         for ex in expired:
             del watched[ex]
-            if not ex._started:
-                ex._expire()
+            ex._expire()
         self.handle = self.loop.call_later(self.tick, self._check) if watched else None
 
 
@@ -410,13 +438,14 @@ class _Limited:
     Past the limit the app sees the client disconnect, and the gateway answers 413.
     """
 
-    __slots__ = ("_receive", "exceeded", "limit", "size")
+    __slots__ = ("_exchange", "_receive", "exceeded", "limit", "size")
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(self, receive: Receive, limit: int, exchange: _Exchange) -> None:
         self._receive = receive
         self.limit = limit
         self.size = 0
         self.exceeded = False
+        self._exchange = exchange
 
     async def receive(self) -> Message:
         if self.exceeded:
@@ -426,5 +455,7 @@ class _Limited:
             self.size += len(message.get("body", b""))
             if self.size > self.limit:
                 self.exceeded = True
+                if self._exchange._state == _WAITING:
+                    self._exchange._state = _CUT  # the gateway answers 413 instead
                 return {"type": "http.disconnect"}
         return message

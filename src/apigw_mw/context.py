@@ -10,7 +10,7 @@ import itertools
 import os
 import time
 from base64 import b64encode
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from time import perf_counter as _perf_counter
 from time import time as _time
 from types import MappingProxyType
@@ -27,11 +27,27 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 # Request ids are UUID-4 shaped: a random per-process prefix and a counter that starts at a
 # random offset. That costs a fraction of uuid4() and stays unique across processes with the
-# prefix's 62 random bits.
+# prefix's 62 random bits. The counter's last three hex digits come from a table, so most ids
+# cost one string concatenation inside a generator.
 _rand = os.urandom(16).hex()
 _VARIANT = "89ab"[int(_rand[15], 16) % 4]
 _PREFIX = f"{_rand[:8]}-{_rand[8:12]}-4{_rand[12:15]}-{_VARIANT}{_rand[16:19]}-"
-_counter = itertools.count(int(_rand[19:31], 16))
+_TAILS = tuple(f"{i:03x}" for i in range(4096))
+
+
+def _ids(high: int) -> Iterator[str]:
+    while True:
+        head = f"{_PREFIX}{high & 0xFFFFFFFFF:09x}"
+        high += 1
+        for tail in _TAILS:
+            yield head + tail
+
+
+_next_id = _ids(int(_rand[19:28], 16)).__next__
+# Ids for a thread that finds the generator busy in another thread: another random prefix.
+_rand2 = os.urandom(16).hex()
+_PREFIX2 = f"{_rand2[:8]}-{_rand2[8:12]}-4{_rand2[12:15]}-{_VARIANT}{_rand2[16:19]}-"
+_counter = itertools.count(int(_rand2[19:31], 16))
 
 
 # Extended ids look like API Gateway's ("K8QKmGxJIAMEbGQ="): 14 base64 characters and "=",
@@ -46,8 +62,11 @@ def new_extended_id() -> str:
 
 
 def new_request_id() -> str:
-    """A fresh request id (UUID-4 shaped)."""
-    return f"{_PREFIX}{next(_counter) & 0xFFFFFFFFFFFF:012x}"
+    """A fresh request id (UUID-4 shaped), safe to call from any thread."""
+    try:
+        return _next_id()
+    except ValueError:  # "generator already executing": another thread is inside it
+        return f"{_PREFIX2}{next(_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 class _once(Generic[_T]):
@@ -262,21 +281,42 @@ class RequestContext:
     ) -> _C:
         """The adapters' constructor: the fewest attribute writes a request needs.
 
-        ``request`` is the :class:`~apigw_mw.Request` or a callable that builds it.
+        ``request`` is the :class:`~apigw_mw.Request` or a callable that builds it. On a
+        class made by :meth:`_for_stage`, ``stage`` may be ``None``: the class carries it.
         """
         self = cls.__new__(cls)
         self.request_id = request_id
         self.start = _perf_counter()
-        self.request_time_epoch = int(_time() * 1000)
         self.http_method = http_method
         self.path = path
         self.protocol = protocol
-        self.stage = stage.name
-        self.stage_variables = stage.variables
-        self.api_id = stage.api_id
-        self.account_id = stage.account_id
+        if stage is not None:
+            self.stage = stage.name
+            self.stage_variables = stage.variables
+            self.api_id = stage.api_id
+            self.account_id = stage.account_id
         self._request = request
         return self
+
+    @classmethod
+    def _for_stage(cls: type[_C], stage: Any) -> type[_C]:
+        """A subclass carrying ``stage``'s fields as class attributes, so that a request
+        writes none of them."""
+        fields = {
+            "stage": stage.name,
+            "stage_variables": stage.variables,
+            "api_id": stage.api_id,
+            "account_id": stage.account_id,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+        }
+        return type(cls.__name__, (cls,), fields)
+
+    @_once
+    def request_time_epoch(self) -> int:
+        """When the request arrived, in milliseconds since the epoch."""
+        return int((_time() - (_perf_counter() - self.start)) * 1000)
 
     def _req(self) -> Any:
         """The request view, built on first use when the adapter deferred it."""

@@ -32,6 +32,7 @@ class Gateway:
     __slots__ = (
         "api_id",
         "base_path",
+        "context_class",
         "empty",
         "integration_timeout",
         "max_body_size",
@@ -116,6 +117,7 @@ class Gateway:
         )
         self.pipeline = Pipeline(policy_list, settings, extra_routes, strict)
         self.empty = self.pipeline.empty
+        self.context_class = RequestContext._for_stage(stage)
 
     # -- per request ----------------------------------------------------------------------
 
@@ -130,8 +132,8 @@ class Gateway:
         return path if self.base_path is None else self.stage.route_path(path)
 
     def context(self, request: Request, request_id: str, protocol: str) -> RequestContext:
-        return RequestContext._new(
-            request_id, request.method, request.path, protocol, self.stage, request
+        return self.context_class._new(
+            request_id, request.method, request.path, protocol, None, request
         )
 
     def route(

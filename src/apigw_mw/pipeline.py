@@ -216,7 +216,14 @@ class GatewaySettings:
 class _Plan:
     """The policies that apply to one set of matched routes, grouped by phase."""
 
-    __slots__ = ("complete_hooks", "phases", "request_hooks", "response_hooks", "simple")
+    __slots__ = (
+        "complete_hooks",
+        "observed",
+        "phases",
+        "request_hooks",
+        "response_hooks",
+        "simple",
+    )
 
     def __init__(
         self,
@@ -229,6 +236,8 @@ class _Plan:
         self.response_hooks = response_hooks
         self.request_hooks = request_hooks or []
         self.complete_hooks = complete_hooks or []
+        # Something looks at the response: the adapters time the app and count its bytes.
+        self.observed = bool(self.response_hooks or self.complete_hooks)
         # No flow is a generator function: the plan can run without the effect machinery.
         self.simple = not any(
             inspect.isgeneratorfunction(getattr(p, "flow", None)) for ph in phases for p in ph
