@@ -256,7 +256,8 @@ def test_trace_prints_one_line_per_request() -> None:
     spans = [line for line in everything if line.startswith("span ")]
     assert any("GET /pets" in line for line in spans)
     assert "GET /pets route=GET /pets status=200" in lines[0]
-    assert "Cors=pass" in lines[0]
+    assert "ResourcePolicy=pass" in lines[0]
+    assert "Cors" not in lines[0]  # CORS decides preflights only; a GET just gets headers
     assert "status=403 MISSING_AUTHENTICATION_TOKEN" in lines[1]
 
 

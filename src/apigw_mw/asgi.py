@@ -11,8 +11,8 @@ from time import perf_counter as _perf_counter
 from typing import Any
 
 from .context import RequestContext, _next_id, _once, new_request_id
-from .gateway import Gateway
-from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead, _Plan
+from .gateway import Gateway, logger
+from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead, _Pending, _Plan
 from .request import Request
 from .responses import Deny, GatewayResponses, Respond
 from .routes import Stage
@@ -217,7 +217,10 @@ class GatewayMiddleware:
                 decision = gw.too_large(content_length)
             if decision is None and plan.phases:
                 try:
-                    decision = await gw.pipeline.run_async(plan, request, ctx)
+                    outcome = gw.pipeline.start(plan, request, ctx)
+                    if type(outcome) is _Pending:
+                        outcome = await gw.pipeline.finish_async(plan, request, ctx, outcome)
+                    decision = outcome  # type: ignore[assignment]
                 except ClientDisconnect:
                     if plan.complete_hooks:
                         gw.complete_hooks(plan, request, ctx)
@@ -353,7 +356,12 @@ class _Exchange(RequestContext):
                 self.integration_latency = int((_perf_counter() - self._app_start) * 1000)
                 if plan.response_hooks:
                     head = ResponseHead(self.status, headers)
-                    self._gw.on_response(plan, self._req(), self, head)
+                    request = self._request or self._req()
+                    for policy in plan.response_hooks:
+                        try:
+                            policy.on_response(request, self, head)
+                        except Exception:
+                            logger.exception("on_response of %s failed", type(policy).__name__)
                     headers = head.headers
             message["headers"] = headers
         elif self._state != _STARTED:

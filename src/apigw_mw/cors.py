@@ -48,6 +48,7 @@ class Cors(BasePolicy):
     """
 
     phase = Phase.CORS
+    flow_methods = frozenset({"OPTIONS"})  # the flow answers preflights only
 
     def __init__(
         self,
@@ -112,6 +113,7 @@ class Cors(BasePolicy):
             for o in origins
             if o != "*" and "*" in o
         )
+        self._answers: dict[str, bytes] = {}
         self._any_method = "*" in methods
         self._methods = frozenset(methods)
         self._any_header = "*" in headers
@@ -184,14 +186,32 @@ class Cors(BasePolicy):
             # The preflight answer made in ``flow``: complete, or refused on purpose without
             # CORS headers (a disallowed origin, method or header).
             return
-        headers = [(k, v) for k, v in head.headers if not k.startswith(_CORS_PREFIX)]
+        headers = head.headers
+        for k, _ in headers:
+            if k.startswith(_CORS_PREFIX):  # the app's own CORS headers: replaced
+                headers = head.headers = [
+                    (k, v) for k, v in headers if not k.startswith(_CORS_PREFIX)
+                ]
+                break
         origin = request.header("origin")
-        if origin is not None and self.origin_allowed(origin):
-            headers.append((b"access-control-allow-origin", self._allow_origin_value(origin)))
+        if origin is None:
+            return
+        allow = self._answers.get(origin)
+        if allow is None:
+            allow = self._answer_for(origin)
+        if allow:
+            headers.append((b"access-control-allow-origin", allow))
             headers.extend(self._simple_extra)
-        if self._vary and origin is not None:
+        if self._vary:
             _add_vary(headers)
-        head.headers = headers
+
+    def _answer_for(self, origin: str) -> bytes:
+        """``Access-Control-Allow-Origin`` for ``origin`` (empty: not allowed), remembered
+        for the next requests from it (up to 256 origins)."""
+        allow = self._allow_origin_value(origin) if self.origin_allowed(origin) else b""
+        if len(self._answers) < 256:
+            self._answers[origin] = allow
+        return allow
 
 
 def _is_preflight(request: Request) -> bool:

@@ -141,6 +141,9 @@ class Gateway:
     ) -> tuple[_Plan, Deny | Respond | None]:
         """Match the request, fill the context's route fields, pick the plan."""
         pipeline = self.pipeline
+        if not pipeline.has_routes and not pipeline.strict and route_path is not None:
+            plan = pipeline._global_plan  # no route declared: nothing to match
+            return (plan.for_method(request.method) if plan.method_bound else plan), None
         if route_path is None:
             match: RouteMatch | None = None
         else:
@@ -156,8 +159,10 @@ class Gateway:
                 if preflight is not None and request.method == "OPTIONS":
                     return preflight, None
                 return pipeline._global_plan, _MISSING_TOKEN
-            return pipeline._global_plan, None
-        return pipeline.plan(match), None
+            plan = pipeline._global_plan
+        else:
+            plan = pipeline.plan(match)
+        return (plan.for_method(request.method) if plan.method_bound else plan), None
 
     def too_large(self, content_length: bytes | None) -> Deny | None:
         """400 for a malformed ``Content-Length``, 413 for one over ``max_body_size``."""

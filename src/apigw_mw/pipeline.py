@@ -150,6 +150,9 @@ class BasePolicy:
 
     phase: ClassVar[Phase] = Phase.VALIDATE
     routes: tuple[str, ...] | None
+    #: When set, ``flow`` runs only for requests with one of these methods (``Cors``:
+    #: ``{"OPTIONS"}``); the hooks still run for every request the policy applies to.
+    flow_methods: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, *, routes: Iterable[str] | None = None) -> None:
         self.routes = _routes_arg(routes, f"{type(self).__name__}.routes")
@@ -217,7 +220,9 @@ class _Plan:
     """The policies that apply to one set of matched routes, grouped by phase."""
 
     __slots__ = (
+        "_by_method",
         "complete_hooks",
+        "method_bound",
         "observed",
         "phases",
         "request_hooks",
@@ -242,6 +247,31 @@ class _Plan:
         self.simple = not any(
             inspect.isgeneratorfunction(getattr(p, "flow", None)) for ph in phases for p in ph
         )
+        # Some flows run only for some methods: ``for_method`` gives the plan without them.
+        self.method_bound = any(
+            getattr(p, "flow_methods", None) is not None for ph in phases for p in ph
+        )
+        self._by_method: dict[str, _Plan] = {}
+
+    def for_method(self, method: str) -> _Plan:
+        """This plan without the flows that do not run for ``method``."""
+        plan = self._by_method.get(method)
+        if plan is None:
+            phases = [
+                kept
+                for ph in self.phases
+                if (
+                    kept := [
+                        p
+                        for p in ph
+                        if getattr(p, "flow_methods", None) is None or method in p.flow_methods
+                    ]
+                )
+            ]
+            plan = _Plan(phases, self.response_hooks, self.request_hooks, self.complete_hooks)
+            if len(self._by_method) < 16:  # methods are few; odd ones are not kept
+                self._by_method[method] = plan
+        return plan
 
 
 class Pipeline:
@@ -385,6 +415,21 @@ class Pipeline:
         outcome = _run_simple(plan, request, ctx, 0, 0)
         if type(outcome) is not _Pending:
             return outcome  # type: ignore[return-value]
+        return await self.finish_async(plan, request, ctx, outcome)
+
+    def start(self, plan: _Plan, request: Request, ctx: RequestContext) -> Outcome | _Pending:
+        """Run as much of the plan as needs no awaiting: its outcome, or a :class:`_Pending`
+        for :meth:`finish_async`. Saves a coroutine when every flow is plain."""
+        if not plan.simple or ctx.policy_trace is not None:
+            return _Pending(-1, 0, None, None)
+        return _run_simple(plan, request, ctx, 0, 0)
+
+    async def finish_async(
+        self, plan: _Plan, request: Request, ctx: RequestContext, outcome: _Pending
+    ) -> Outcome:
+        """The rest of a plan that :meth:`start` could not finish."""
+        if outcome.phase < 0:
+            return await drive_async(self.flow(plan, request, ctx))
         fast = _Fast(plan, request, ctx)
         kind, x = fast.begin(outcome)
         value: Any

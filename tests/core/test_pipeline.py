@@ -383,3 +383,41 @@ def test_a_batcher_that_raises_fails_every_effect_of_its_batch(make_client, capl
     r = make_client([Limit(down, "a", 1), Limit(down, "b", 1)]).get("/x")
     assert r.status_code == 429
     assert r.json() == {"message": "storage down"}
+
+
+# -- flows bound to methods ----------------------------------------------------------------
+
+
+class _OptionsOnly(BasePolicy):
+    """Answers OPTIONS itself; for the other methods only its response hook runs."""
+
+    phase = Phase.CORS
+    flow_methods = frozenset({"OPTIONS"})
+
+    def __init__(self, log: list[str], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.log = log
+
+    def flow(self, request: Any, context: Any) -> Any:
+        self.log.append(f"flow {request.method}")
+        return Respond(204, [(b"x-answered", b"gateway")])
+
+    def on_response(self, request: Any, context: Any, head: Any) -> None:
+        self.log.append(f"hook {request.method}")
+        head.headers.append((b"x-hooked", b"1"))
+
+
+@pytest.mark.parametrize("routes", [None, ["ANY /x"]], ids=["every-request", "one-route"])
+def test_flow_methods_limit_the_flow_not_the_hooks(make_client, routes):
+    log: list[str] = []
+    client = make_client([_OptionsOnly(log, routes=routes), Tag("after", Phase.VALIDATE, log=log)])
+    r = client.get("/x")
+    assert r.status_code == 200
+    assert r.json()["context"]["authorizer"] == {"after": True}  # the app answered
+    assert r.headers["x-hooked"] == "1"
+    assert log == ["after", "hook GET"]
+    log.clear()
+    r = client.options("/x")
+    assert r.status_code == 204
+    assert r.headers["x-answered"] == "gateway"
+    assert log == ["flow OPTIONS", "hook OPTIONS"]
