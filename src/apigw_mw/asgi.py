@@ -90,6 +90,17 @@ class _Body:
                 return b"".join(chunks)
 
 
+class _ScopeRequest(Request):
+    """A request view of an ASGI scope, whose body reader is the server's ``receive``,
+    wrapped with the size limit only when a policy reads the body."""
+
+    __slots__ = ()
+    _limit: int | None = None
+
+    def _reader(self) -> _Body:
+        return _Body(self._body_reader, self._limit)
+
+
 class GatewayMiddleware:
     """API Gateway's request policies as pure ASGI middleware.
 
@@ -152,6 +163,9 @@ class GatewayMiddleware:
         context_class = _Exchange._for_stage(gw.stage)
         context_class._gw = gw
         context_class._plan = gw.pipeline._global_plan
+        context_class._request_class = type(
+            "Request", (_ScopeRequest,), {"__slots__": (), "_limit": gw.max_body_size}
+        )
         self._new_context: Callable[[], _Exchange] = partial(object.__new__, context_class)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -210,7 +224,9 @@ class GatewayMiddleware:
                     return
         else:
             request = ex._req()
-            plan, decision = gw.route(request, ctx, gw.route_path(path))
+            plan, decision = gw.route(
+                request, ctx, path if gw.base_path is None else gw.route_path(path)
+            )
             if plan.request_hooks:
                 gw.request_hooks(plan, request, ctx)
             if decision is None and content_length is not None:
@@ -234,7 +250,7 @@ class GatewayMiddleware:
                         gw.complete_hooks(plan, request, ctx)
                 return
             ex._plan = plan
-            buffered = request.body
+            buffered = request._body
             if buffered is not None:
                 receive = _replay(buffered, receive)
                 chunked = False
@@ -315,6 +331,7 @@ class _Exchange(RequestContext):
     _gw: Gateway
     _plan: _Plan
     _request: Request | None = None
+    _request_class: type[_ScopeRequest]
     protocol = "HTTP/1.1"
     _scope: Scope
     _receive: Receive
@@ -333,9 +350,8 @@ class _Exchange(RequestContext):
         """The request view, built on first use."""
         request = self._request
         if request is None:
-            gw = self._gw
-            request = self._request = Request._from_scope(
-                self._scope, self.path, gw.proxies, _Body(self._receive, gw.max_body_size)
+            request = self._request = self._request_class._from_scope(
+                self._scope, self.path, self._gw.proxies, self._receive
             )
         return request
 
