@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from functools import partial
+from threading import get_ident as _get_ident
 from time import perf_counter as _perf_counter
 from typing import Any
 
@@ -273,16 +276,19 @@ class GatewayMiddleware:
 
         watchdog = None
         if gw.integration_timeout is not None:
-            loop = _get_running_loop()
-            task = None if loop is None else _current_task(loop)
-            if task is not None:  # not on asyncio (trio): no timeout
-                ex._task = task
-                watchdog = self._watchdog
-                if watchdog is None or watchdog.loop is not loop:
-                    watchdog = self._watchdog = _Watchdog(task.get_loop(), gw.integration_timeout)
-                watchdog.watched[ex] = watchdog.ticks
-                if watchdog.handle is None:
-                    watchdog.start()
+            # The running loop is the last request's when that loop runs in this thread
+            # (a thread runs one loop at a time); asking asyncio costs a getpid() call.
+            watchdog = self._watchdog
+            if watchdog is None or not watchdog.fast or watchdog.loop._thread_id != _get_ident():
+                watchdog = self._watchdog_here()
+            if watchdog is not None:
+                task = ex._task = _current_task(watchdog.loop)
+                if task is None:
+                    watchdog = None
+                else:
+                    watchdog.watched[ex] = watchdog.ticks
+                    if watchdog.handle is None:
+                        watchdog.start()
         answer: Deny | None = None
         try:
             await self.app(scope, receive, ex._send_wrapped)
@@ -303,6 +309,19 @@ class GatewayMiddleware:
                 await self._finish(ex, answer)
             scope.pop("apigw.context", None)
             state.pop("apigw", None)
+
+    def _watchdog_here(self) -> _Watchdog | None:
+        """The watchdog of the running asyncio loop (made on first use), or ``None`` when
+        not on asyncio (trio): no timeout then."""
+        loop = _get_running_loop()
+        if loop is None:
+            return None
+        watchdog = self._watchdog
+        if watchdog is None or watchdog.loop is not loop:
+            timeout = self.gateway.integration_timeout
+            assert timeout is not None
+            watchdog = self._watchdog = _Watchdog(loop, timeout)
+        return watchdog
 
     async def _finish(self, ex: _Exchange, answer: Deny | None) -> None:
         """After the app: the gateway's own answer if it cut the app off, then the hooks."""
@@ -404,10 +423,24 @@ class _Watchdog:
     Requests are stamped with the tick count, so registering one reads no clock.
     """
 
-    __slots__ = ("handle", "limit", "loop", "tick", "ticks", "timeout", "watched")
+    __slots__ = (
+        "__weakref__",
+        "fast",
+        "handle",
+        "limit",
+        "loop",
+        "tick",
+        "ticks",
+        "timeout",
+        "watched",
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+    def __init__(self, loop: Any, timeout: float) -> None:
         self.loop = loop
+        # asyncio's loops say which thread runs them: the adapter then finds the running
+        # loop without asking asyncio. Not after a fork: the child runs loops of its own.
+        self.fast = isinstance(getattr(loop, "_thread_id", None), int)
+        _watchdogs.add(self)
         self.timeout = timeout
         self.tick = min(timeout / 10, 0.5)
         self.limit = math.ceil(timeout / self.tick - 1e-9)
@@ -429,6 +462,18 @@ class _Watchdog:
             del watched[ex]
             ex._expire()
         self.handle = self.loop.call_later(self.tick, self._check) if watched else None
+
+
+_watchdogs: weakref.WeakSet[_Watchdog] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for watchdog in list(_watchdogs):
+        watchdog.fast = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 async def _nothing() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 
@@ -11,6 +12,7 @@ from apigw_mw import (
     Allow,
     BasePolicy,
     ConfigurationError,
+    Cors,
     GatewayMiddleware,
     Phase,
     RequestContext,
@@ -212,3 +214,83 @@ def test_bad_trusted_proxies(adapter, entry):
     with pytest.raises(ConfigurationError) as err:
         GatewayClient(adapter, trusted_proxies=[entry])
     assert err.value.field == "trusted_proxies"
+
+
+# -- request ids and the context's lifetime ------------------------------------------------
+
+_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def test_request_ids_are_unique_uuid4_shaped_across_threads():
+    import threading
+
+    from apigw_mw.context import new_request_id
+
+    per_thread: list[list[str]] = [[] for _ in range(4)]
+
+    def mint(out: list[str]) -> None:
+        for _ in range(20000):  # crosses several 4096-id blocks
+            out.append(new_request_id())
+
+    threads = [threading.Thread(target=mint, args=(out,)) for out in per_thread]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for out in per_thread for i in out]
+    assert len(set(ids)) == len(ids) == 80000
+    assert all(_UUID4.match(i) for i in ids)
+
+
+def test_request_ids_when_the_generator_is_busy(monkeypatch):
+    from apigw_mw import context
+
+    def busy() -> str:
+        raise ValueError("generator already executing")
+
+    monkeypatch.setattr(context, "_next_id", busy)
+    ids = {context.new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(_UUID4.match(i) for i in ids)
+
+
+@pytest.mark.parametrize("policies", [[], [Cors(allow_origins=["https://a.example"])]])
+def test_a_finished_request_leaves_no_reference_cycle(policies):
+    """Everything a request made is freed by reference counting, not left to the GC."""
+    import gc
+
+    seen: list[RequestContext] = []
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        seen.append(get_context(scope))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    gw = GatewayMiddleware(app, policies=policies)
+    origin = [(b"origin", b"https://a.example")]
+    sent: list[dict[str, object]] = []
+    body = {"type": "http.request", "body": b"", "more_body": False}
+
+    async def receive() -> dict[str, object]:
+        return body
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def requests() -> int:
+        await gw(drive.scope("GET", "/x", headers=origin), receive, send)
+        ctx = seen.pop()
+        assert ctx.identity.source_ip  # still readable by whoever kept it
+        del ctx
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(50):
+                await gw(drive.scope("GET", "/x", headers=origin), receive, send)
+            seen.clear()
+            return gc.collect()
+        finally:
+            gc.enable()
+
+    assert asyncio.run(requests()) == 0
+    assert len(sent) == 102

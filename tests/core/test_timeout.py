@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 import time
 
 import pytest
@@ -102,3 +105,71 @@ def test_bad_integration_timeout(value):
     with pytest.raises(ConfigurationError) as err:
         GatewayMiddleware(slow_app, integration_timeout=value)
     assert err.value.field == "integration_timeout"
+
+
+def test_a_response_just_inside_the_timeout_is_not_cut():
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.15)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"in time"})
+
+    r = drive.run(GatewayMiddleware(app, integration_timeout=0.2), drive.scope())
+    assert (r.status, r.body) == (200, b"in time")
+
+
+def test_an_app_that_swallows_the_cancellation_still_gets_504():
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        with contextlib.suppress(asyncio.CancelledError):  # carries on as if nothing happened
+            await asyncio.sleep(2)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"too late"})
+
+    r = drive.run(GatewayMiddleware(app, integration_timeout=0.05), drive.scope())
+    assert r.status == 504
+    assert r.json() == {"message": "Endpoint request timed out"}
+
+
+def test_one_middleware_serving_loops_in_several_threads():
+    """Each thread's loop keeps its own watchdog; the middleware finds the running one."""
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.5 if scope["path"] == "/slow" else 0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    gw = GatewayMiddleware(app, integration_timeout=0.1)
+    results: dict[str, list[int]] = {}
+
+    def serve(name: str) -> None:
+        async def calls() -> list[int]:
+            out = []
+            for path in ("/fast", "/slow", "/fast", "/slow"):
+                out.append((await drive.call(gw, drive.scope("GET", path))).status)
+            return out
+
+        results[name] = asyncio.run(calls())
+
+    threads = [threading.Thread(target=serve, args=(f"t{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == {f"t{i}": [200, 504, 200, 504] for i in range(3)}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_looks_its_running_loop_up_again():
+    gw = GatewayMiddleware(slow_app, integration_timeout=0.05)
+
+    async def in_loop() -> int:
+        r = await drive.call(gw, drive.scope("GET", "/slow"))
+        return r.status
+
+    assert asyncio.run(in_loop()) == 504
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's watchdog is not trusted, timeouts still work
+        code = 0 if gw._watchdog is not None and not gw._watchdog.fast else 1
+        code = code or (0 if asyncio.run(in_loop()) == 504 else 2)
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
