@@ -14,6 +14,7 @@ from time import perf_counter as _perf_counter
 from typing import Any
 
 from .context import RequestContext, _next_id, _once, new_request_id
+from .effects import ReadBody
 from .gateway import Gateway, logger
 from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead, _Pending, _Plan
 from .request import Request
@@ -235,10 +236,29 @@ class GatewayMiddleware:
             if decision is None and content_length is not None:
                 decision = gw.too_large(content_length)
             if decision is None and plan.phases:
+                pipeline = gw.pipeline
                 try:
-                    outcome = gw.pipeline.start(plan, request, ctx)
+                    outcome = pipeline.start(plan, request, ctx)
+                    if type(outcome) is _Pending and type(outcome.effect) is ReadBody:
+                        # A flow waits for the body: read it here, without the effect
+                        # machinery, and run on.
+                        try:
+                            message = await receive()
+                            if message["type"] == "http.request" and not message.get(
+                                "more_body", False
+                            ):
+                                body = message.get("body", b"")
+                                if gw.max_body_size is not None and len(body) > gw.max_body_size:
+                                    raise BodyTooLarge
+                            else:
+                                body = await _Body(receive, gw.max_body_size)._read_rest(message)
+                        except BodyTooLarge:
+                            outcome = pipeline.too_large(outcome)
+                        else:
+                            request._body = body
+                            outcome = pipeline.resume(plan, request, ctx, outcome, body)
                     if type(outcome) is _Pending:
-                        outcome = await gw.pipeline.finish_async(plan, request, ctx, outcome)
+                        outcome = await pipeline.finish_async(plan, request, ctx, outcome)
                     decision = outcome  # type: ignore[assignment]
                 except ClientDisconnect:
                     if plan.complete_hooks:

@@ -433,11 +433,38 @@ class Pipeline:
                     return _policy_failed(policy, exc)
                 if result is not None:
                     if type(result) is GeneratorType:
-                        return _Pending(i, j, policy, result)
-                    decision = _terminal(result, ctx, policy)
-                    if decision is not None:
-                        return decision
+                        outcome = _begin_flow(i, j, policy, result, ctx)
+                    else:
+                        outcome = _terminal(result, ctx, policy)
+                    if outcome is not None:
+                        return outcome
         return None
+
+    def resume(
+        self,
+        plan: _Plan,
+        request: Request,
+        ctx: RequestContext,
+        pending: _Pending,
+        value: Any,
+        error: bool = False,
+    ) -> Outcome | _Pending:
+        """Hand ``value`` (or raise it, with ``error``) to the flow waiting in ``pending``
+        and run on as far as no awaiting is needed, as :meth:`start` does."""
+        state, x = _step(pending.policy, pending.gen, value, error)
+        if state == "effect":
+            pending.effect = x
+            return pending
+        decision = _terminal(x, ctx, pending.policy)
+        if decision is not None:
+            return decision
+        return _run_simple(plan, request, ctx, pending.phase, pending.position + 1)
+
+    @staticmethod
+    def too_large(pending: _Pending) -> Outcome:
+        """The answer when the body a flow waits for is over the limit."""
+        pending.gen.close()
+        return _BODY_TOO_LARGE
 
     async def finish_async(
         self, plan: _Plan, request: Request, ctx: RequestContext, outcome: _Pending
@@ -481,15 +508,20 @@ class Pipeline:
 
 
 class _Pending:
-    """A plain flow returned a generator: the rest of the plan needs the effect machinery."""
+    """A plain flow returned a generator that yielded ``effect``, which cannot be performed
+    on the spot: the rest of the plan waits for it. (``phase`` -1: the plan needs the batch
+    machinery from the start.)"""
 
-    __slots__ = ("gen", "phase", "policy", "position")
+    __slots__ = ("effect", "gen", "phase", "policy", "position")
 
-    def __init__(self, phase: int, position: int, policy: Any, gen: Any) -> None:
+    def __init__(
+        self, phase: int, position: int, policy: Any, gen: Any, effect: Any = None
+    ) -> None:
         self.phase = phase
         self.position = position
         self.policy = policy
         self.gen = gen
+        self.effect = effect
 
 
 class _Fast:
@@ -509,15 +541,14 @@ class _Fast:
 
     def begin(self, pending: _Pending) -> tuple[str, Any]:
         self.pending = pending
-        return self._after(*_step(pending.policy, pending.gen, None, False))
+        return self._after("effect", pending.effect)
 
     def resume(self, value: Any, error: bool) -> tuple[str, Any]:
         p = self.pending
         return self._after(*_step(p.policy, p.gen, value, error))
 
     def too_large(self) -> Outcome:
-        self.pending.gen.close()
-        return _BODY_TOO_LARGE
+        return Pipeline.too_large(self.pending)
 
     def _after(self, state: str, x: Any) -> tuple[str, Any]:
         p = self.pending
@@ -556,11 +587,21 @@ def _run_simple(
             if result is None:
                 continue
             if type(result) is GeneratorType:
-                return _Pending(i, j, policy, result)
-            decision = _terminal(result, ctx, policy)
-            if decision is not None:
-                return decision
+                outcome = _begin_flow(i, j, policy, result, ctx)
+            else:
+                outcome = _terminal(result, ctx, policy)
+            if outcome is not None:
+                return outcome
     return None
+
+
+def _begin_flow(i: int, j: int, policy: Any, gen: Any, ctx: RequestContext) -> Outcome | _Pending:
+    """Start a flow's generator and run it past the effects performed on the spot: its
+    decision, or a :class:`_Pending` for the first effect that needs performing."""
+    state, x = _step(policy, gen, None, False)
+    if state == "effect":
+        return _Pending(i, j, policy, gen, x)
+    return _terminal(x, ctx, policy)
 
 
 def _step(policy: Any, gen: Any, value: Any, is_error: bool) -> tuple[str, Any]:
