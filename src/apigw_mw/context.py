@@ -107,20 +107,18 @@ class Identity:
     ``user_arn``, ``principal_org_id``.
     """
 
-    __slots__ = (
-        "_source_ip",
-        "_user_agent",
-        "access_key",
-        "account_id",
-        "api_key",
-        "api_key_id",
-        "caller",
-        "client_cert",
-        "cognito_identity_id",
-        "principal_org_id",
-        "user",
-        "user_arn",
-    )
+    # Defaults on the class: a request's identity writes only what a policy learns.
+    api_key: str | None = None
+    api_key_id: str | None = None
+    client_cert: Mapping[str, Any] | None = None
+    access_key: str | None = None
+    account_id: str | None = None
+    caller: str | None = None
+    user: str | None = None
+    user_arn: str | None = None
+    principal_org_id: str | None = None
+    cognito_identity_id: str | None = None
+    _request: Any = None
 
     _FIELDS = (
         ("source_ip", "sourceIp"),
@@ -141,21 +139,21 @@ class Identity:
         # Either may be a callable: resolved on first read, as most requests never ask.
         self._source_ip = source_ip
         self._user_agent = user_agent
-        self.api_key: str | None = None
-        self.api_key_id: str | None = None
-        self.client_cert: Mapping[str, Any] | None = None
-        self.access_key: str | None = None
-        self.account_id: str | None = None
-        self.caller: str | None = None
-        self.user: str | None = None
-        self.user_arn: str | None = None
-        self.principal_org_id: str | None = None
-        self.cognito_identity_id: str | None = None
+
+    @classmethod
+    def _of(cls, request: Any) -> Identity:
+        """The identity of ``request``: address and user agent read from it when asked."""
+        self = cls.__new__(cls)
+        self._request = request
+        return self
 
     @property
     def source_ip(self) -> str | None:
         """The client address (through trusted proxies' ``X-Forwarded-For``)."""
-        ip = self._source_ip
+        try:
+            ip = self._source_ip
+        except AttributeError:
+            ip = self._source_ip = self._request.source_ip
         if callable(ip):
             ip = self._source_ip = ip()
         return ip  # type: ignore[no-any-return]
@@ -166,7 +164,10 @@ class Identity:
 
     @property
     def user_agent(self) -> str | None:
-        ua = self._user_agent
+        try:
+            ua = self._user_agent
+        except AttributeError:
+            ua = self._user_agent = self._request.header("user-agent")
         if callable(ua):
             ua = self._user_agent = ua()
         return ua  # type: ignore[no-any-return]
@@ -331,7 +332,7 @@ class RequestContext:
         request = self._req()
         if request is None:
             return Identity(None, None)
-        return Identity(lambda: request.source_ip, lambda: request.header("user-agent"))
+        return Identity._of(request)
 
     @_once
     def authorizer(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class Gateway:
     """The configured gateway: built once per middleware instance."""
 
     __slots__ = (
+        "_routes",
         "api_id",
         "base_path",
         "context_class",
@@ -118,6 +119,7 @@ class Gateway:
         self.pipeline = Pipeline(policy_list, settings, extra_routes, strict)
         self.empty = self.pipeline.empty
         self.context_class = RequestContext._for_stage(stage)
+        self._routes: dict[tuple[str, str], tuple[_Plan, Any, Any]] = {}
 
     # -- per request ----------------------------------------------------------------------
 
@@ -141,9 +143,18 @@ class Gateway:
     ) -> tuple[_Plan, Deny | Respond | None]:
         """Match the request, fill the context's route fields, pick the plan."""
         pipeline = self.pipeline
-        if not pipeline.has_routes and not pipeline.strict and route_path is not None:
-            plan = pipeline._global_plan  # no route declared: nothing to match
-            return (plan.for_method(request.method) if plan.method_bound else plan), None
+        if route_path is not None:
+            if not pipeline.has_routes and not pipeline.strict:
+                plan = pipeline._global_plan  # no route declared: nothing to match
+                return (plan.for_method(request.method) if plan.method_bound else plan), None
+            # A busy route costs one lookup: the plan and the route fields, remembered.
+            hit = self._routes.get((request.method, route_path))
+            if hit is not None:
+                plan, best, params = hit
+                ctx.route_key = best.key
+                ctx.resource_path = best.path or None
+                ctx.path_parameters = params
+                return plan, None
         if route_path is None:
             match: RouteMatch | None = None
         else:
@@ -162,6 +173,14 @@ class Gateway:
             plan = pipeline._global_plan
         else:
             plan = pipeline.plan(match)
+            if plan.method_bound:
+                plan = plan.for_method(request.method)
+            if route_path is not None:
+                routes = self._routes
+                if len(routes) >= 4096:
+                    routes.clear()  # many distinct paths: start over rather than grow
+                routes[(request.method, route_path)] = (plan, match.best, match.path_parameters)
+            return plan, None
         return (plan.for_method(request.method) if plan.method_bound else plan), None
 
     def too_large(self, content_length: bytes | None) -> Deny | None:

@@ -24,6 +24,7 @@ from time import perf_counter_ns
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from .context import Identity
 from .effects import ReadBody
 from .exceptions import ConfigurationError, GatewayError
 from .responses import Allow, Deny, Respond
@@ -664,12 +665,18 @@ def _inert(policy: Any) -> bool:
     )
 
 
+_IDENTITY_FIELDS = frozenset(attr for attr, _ in Identity._FIELDS)
+
+
 def _merge(ctx: RequestContext, allow: Allow) -> None:
     if allow.authorizer:
         ctx.authorizer.update(allow.authorizer)
     if allow.identity:
+        identity = ctx.identity
         for key, value in allow.identity.items():
-            setattr(ctx.identity, key, value)
+            if key not in _IDENTITY_FIELDS:
+                raise AttributeError(f"Identity has no field {key!r}")
+            setattr(identity, key, value)
 
 
 def _terminal(decision: Any, ctx: RequestContext, policy: Any = None) -> Outcome:
