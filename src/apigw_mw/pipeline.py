@@ -434,7 +434,7 @@ class Pipeline:
                     return _policy_failed(policy, exc)
                 if result is not None:
                     if type(result) is GeneratorType:
-                        outcome = _begin_flow(i, j, policy, result, ctx)
+                        outcome = _begin_flow(i, j, policy, result, ctx, j == len(policies) - 1)
                     else:
                         outcome = _terminal(result, ctx, policy)
                     if outcome is not None:
@@ -452,7 +452,8 @@ class Pipeline:
     ) -> Outcome | _Pending:
         """Hand ``value`` (or raise it, with ``error``) to the flow waiting in ``pending``
         and run on as far as no awaiting is needed, as :meth:`start` does."""
-        state, x = _step(pending.policy, pending.gen, value, error)
+        alone = pending.position == len(plan.phases[pending.phase]) - 1
+        state, x = _step(pending.policy, pending.gen, value, error, alone)
         if state == "effect":
             pending.effect = x
             return pending
@@ -546,7 +547,8 @@ class _Fast:
 
     def resume(self, value: Any, error: bool) -> tuple[str, Any]:
         p = self.pending
-        return self._after(*_step(p.policy, p.gen, value, error))
+        alone = p.position == len(self.plan.phases[p.phase]) - 1
+        return self._after(*_step(p.policy, p.gen, value, error, alone))
 
     def too_large(self) -> Outcome:
         return Pipeline.too_large(self.pending)
@@ -588,7 +590,7 @@ def _run_simple(
             if result is None:
                 continue
             if type(result) is GeneratorType:
-                outcome = _begin_flow(i, j, policy, result, ctx)
+                outcome = _begin_flow(i, j, policy, result, ctx, j == len(policies) - 1)
             else:
                 outcome = _terminal(result, ctx, policy)
             if outcome is not None:
@@ -596,17 +598,25 @@ def _run_simple(
     return None
 
 
-def _begin_flow(i: int, j: int, policy: Any, gen: Any, ctx: RequestContext) -> Outcome | _Pending:
+def _begin_flow(
+    i: int, j: int, policy: Any, gen: Any, ctx: RequestContext, alone: bool
+) -> Outcome | _Pending:
     """Start a flow's generator and run it past the effects performed on the spot: its
     decision, or a :class:`_Pending` for the first effect that needs performing."""
-    state, x = _step(policy, gen, None, False)
+    state, x = _step(policy, gen, None, False, alone)
     if state == "effect":
         return _Pending(i, j, policy, gen, x)
     return _terminal(x, ctx, policy)
 
 
-def _step(policy: Any, gen: Any, value: Any, is_error: bool) -> tuple[str, Any]:
-    """Advance a flow past its inline effects: ``("effect", e)`` or ``("done", decision)``."""
+def _step(
+    policy: Any, gen: Any, value: Any, is_error: bool, alone: bool = False
+) -> tuple[str, Any]:
+    """Advance a flow past its inline effects: ``("effect", e)`` or ``("done", decision)``.
+
+    ``alone``: the flow is the last of its phase, so its batched effects have nothing left
+    to be batched with; those whose batcher does not block are performed on the spot too.
+    """
     while True:
         try:
             effect = gen.throw(value) if is_error else gen.send(value)
@@ -616,15 +626,26 @@ def _step(policy: Any, gen: Any, value: Any, is_error: bool) -> tuple[str, Any]:
             raise
         except Exception as exc:
             return "done", _policy_failed(policy, exc)
-        if getattr(effect, "batcher", None) is None and getattr(effect, "inline", False):
+        batcher = getattr(effect, "batcher", None)
+        if batcher is None:
+            if not getattr(effect, "inline", False):
+                return "effect", effect
             try:
                 value, is_error = effect.run_sync(), False
             except (ClientDisconnect, BodyTooLarge):
                 raise
             except Exception as exc:
                 value, is_error = exc, True
-            continue
-        return "effect", effect
+        elif alone and getattr(batcher, "inline", False):
+            try:
+                value = batcher.run_many_sync([effect])[0]
+                is_error = isinstance(value, BaseException)
+            except (ClientDisconnect, BodyTooLarge):
+                raise
+            except Exception as exc:
+                value, is_error = exc, True
+        else:
+            return "effect", effect
 
 
 def _resume(
