@@ -1,7 +1,9 @@
 """Traffic: throttles, API keys, plans and quotas, in memory and on Redis.
 
-- the whole traffic stack in memory against the bare Starlette app (budget: adds at most a
-  quarter of the bare app's cost);
+- the whole traffic stack in memory (budget: it adds at most a quarter of the bare Starlette
+  app's cost to the gateway that routes the request and runs a policy that decides nothing);
+- the same two phases with flows that yield a no-op effect: what running them costs before
+  any traffic work;
 - a per-client throttle with a thousand and with a million live buckets (flat cost);
 - one phase decided in Redis (one script) against a Redis ``PING`` (budget: 1.5x);
 - slowapi and flask-limiter with one limit, beside the gateway with one limit.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Generator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -21,8 +24,10 @@ from apigw_mw import (
     ApiKey,
     ApiKeyAuth,
     ApiKeys,
+    BasePolicy,
     GatewayMiddleware,
     MemoryStore,
+    Phase,
     Quota,
     RedisStore,
     RouteTable,
@@ -35,6 +40,7 @@ from apigw_mw.traffic.storage import Hits, Level, QuotaLevel
 from harness import Call, Scenario
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+NO_OP = "traffic: gateway, route table + no-op policy"
 KEY = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
 HUGE = TokenBucket(rate=1e9, burst=10**9)
 
@@ -83,6 +89,57 @@ def _prefilled(n: int) -> MemoryStore:
 
 
 PER_CLIENT = TokenBucket(rate=1.0, burst=10**9)
+
+
+class _NoOp(BasePolicy):
+    """Decides nothing: the gateway's cost of routing a request and running one policy."""
+
+    phase = Phase.THROTTLE
+
+    def flow(self, request: Any, context: Any) -> None:
+        return None
+
+
+class _NullBatcher:
+    inline = True
+
+    def run_many_sync(self, effects: list[Any]) -> list[Any]:
+        return [None] * len(effects)
+
+    async def run_many_async(self, effects: list[Any]) -> list[Any]:
+        return [None] * len(effects)
+
+
+class _NullEffect:
+    batcher = _NullBatcher()
+
+
+_NULL = _NullEffect()
+
+
+def _null_flow(effect: Any) -> Generator[Any, Any, Any]:
+    return (yield effect)
+
+
+class _NullTraffic(BasePolicy):
+    """Yields an effect that is admitted without any work: a phase's effect round trip."""
+
+    def __init__(self, phase: Phase) -> None:
+        super().__init__()
+        self.phase = phase  # type: ignore[misc]
+
+    def flow(self, request: Any, context: Any) -> Generator[Any, Any, Any]:
+        return _null_flow(_NULL)
+
+
+def null_traffic() -> list[Any]:
+    """The traffic stack's shape (a route table, a throttle phase and an API-key phase)
+    with flows that do no traffic work."""
+    return [
+        RouteTable(["GET /pets/{petId}"]),
+        _NullTraffic(Phase.THROTTLE),
+        _NullTraffic(Phase.API_KEY),
+    ]
 
 
 class _PingApp:
@@ -243,11 +300,27 @@ def scenarios() -> list[Scenario]:
             group="traffic",
         ),
         Scenario(
+            NO_OP,
+            "asgi",
+            GatewayMiddleware(bare, policies=[RouteTable(["GET /pets/{petId}"]), _NoOp()]),
+            keyed,
+            baseline="traffic: starlette bare app",
+            group="traffic",
+        ),
+        Scenario(
+            "traffic: the two phases, no-op effects",
+            "asgi",
+            GatewayMiddleware(bare, policies=null_traffic()),
+            keyed,
+            baseline=NO_OP,
+            group="traffic",
+        ),
+        Scenario(
             "traffic: throttle + key + plan + quota (memory)",
             "asgi",
             GatewayMiddleware(bare, policies=traffic_policies(memory)),
             keyed,
-            baseline="traffic: starlette bare app",
+            baseline=NO_OP,
             budget=0.25,
             budget_kind="added",
             budget_ref="traffic: starlette bare app",

@@ -6,7 +6,8 @@ benchmark process (so other load on the machine barely moves it): rounds are int
 reported, which keeps a noisy machine from favouring whichever ran first.
 
 A benchmark module ``bench_*.py`` exposes ``scenarios() -> list[Scenario]``; ``run.py``
-collects them all and prints one table.
+collects them all and prints one table. Start-up work (loading a definition) is not per
+request: a module may also expose ``timings() -> list[Timing]``, each timed as a whole.
 """
 
 from __future__ import annotations
@@ -231,4 +232,44 @@ def report(figures: dict[str, Figure]) -> str:
                         f"(<= {s.budget:.2f})  {'ok' if ok else 'OVER'}"
                     )
         lines.append(f"  {name:<46} {fig.us:>8.1f} {ratio:>7} {added:>8}  {verdict}")
+    return "\n".join(lines)
+
+
+@dataclass
+class Timing:
+    """A one-off operation (start-up work such as loading a definition), timed as a whole.
+
+    ``func`` runs ``repeat`` times after one warm-up run; the median CPU time is reported
+    against ``budget`` seconds.
+    """
+
+    name: str
+    func: Callable[[], object]
+    group: str = "core"
+    budget: float | None = None
+    repeat: int = 5
+
+
+def run_timings(timings: Iterable[Timing]) -> dict[str, tuple[Timing, float]]:
+    """Median CPU seconds of each timing."""
+    out: dict[str, tuple[Timing, float]] = {}
+    for t in timings:
+        t.func()
+        samples = []
+        for _ in range(t.repeat):
+            t0 = _clock()
+            t.func()
+            samples.append(_clock() - t0)
+        out[t.name] = (t, statistics.median(samples))
+    return out
+
+
+def report_timings(results: dict[str, tuple[Timing, float]]) -> str:
+    """A table: seconds (median) and the budget verdict."""
+    lines = [f"{'one-off operation':<66} {'seconds':>8}  budget", "-" * 92]
+    for name, (t, seconds) in results.items():
+        verdict = ""
+        if t.budget is not None:
+            verdict = f"<= {t.budget:g} s  {'ok' if seconds <= t.budget else 'OVER'}"
+        lines.append(f"  {name:<64} {seconds:>8.3f}  {verdict}")
     return "\n".join(lines)

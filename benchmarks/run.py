@@ -13,12 +13,13 @@ import sys
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from harness import report, run  # noqa: E402
+from harness import report, report_timings, run, run_timings  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
     wanted = set(argv)
     scenarios = []
+    timings = []
     for path in sorted(HERE.glob("bench_*.py")):
         spec = importlib.util.spec_from_file_location(path.stem, path)
         assert spec is not None
@@ -31,11 +32,16 @@ def main(argv: list[str]) -> int:
             print(f"skipping {path.name}: {exc}")
             continue
         scenarios.extend(s for s in found if not wanted or s.group in wanted)
-    if not scenarios:
+        once = getattr(module, "timings", None)
+        if once is not None:
+            timings.extend(t for t in once() if not wanted or t.group in wanted)
+    if not scenarios and not timings:
         print("no scenarios selected")
         return 1
-    figures = run(scenarios)
-    print(report(figures))
+    if scenarios:
+        print(report(run(scenarios)))
+    if timings:
+        print(report_timings(run_timings(timings)))
     return 0
 
 

@@ -47,6 +47,7 @@ from .responses import (
 )
 from .routes import Stage
 from .traffic import (
+    MemcachedStore,
     MemoryStore,
     Quota,
     RedisStore,
@@ -90,6 +91,7 @@ __all__ = [
     "JwtAuthorizer",
     "KeyStore",
     "LambdaAuthorizer",
+    "MemcachedStore",
     "MemoryStore",
     "Metrics",
     "MutualTls",

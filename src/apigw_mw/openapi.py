@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import quote
 
 from .exceptions import ConfigurationError
 from .pipeline import GatewaySettings, Phase, Policy, RouteTable
@@ -32,6 +33,8 @@ __all__ = ["from_openapi"]
 #: The URI the definition is known by, for ``$ref``s from body schemas into it.
 SPEC_URI: Final = "urn:apigw-mw:openapi"
 _DRAFT_2020: Final = "https://json-schema.org/draft/2020-12/schema"
+# What a URI fragment may hold as it is (RFC 3986: pchar, "/" and "?"), JSON pointers' "~" too.
+_FRAGMENT_SAFE: Final = "/?:@!$&'()*+,;=~-._"
 
 _METHODS: Final = {
     "get": "GET",
@@ -271,7 +274,9 @@ def _schema_ref(spec: _Spec, schema: Any, pointer: str, cache: dict[str, Any]) -
         pointer = spec.pointer_of(schema["$ref"], pointer)
     found = cache.get(pointer)
     if found is None:
-        found = {"$ref": f"{SPEC_URI}#{pointer}"}
+        # Percent-encoded: a path template's braces are not URI characters, and
+        # jsonschema-rs refuses a reference that is not a valid URI.
+        found = {"$ref": f"{SPEC_URI}#{quote(pointer, safe=_FRAGMENT_SAFE)}"}
         if spec.version == 31:
             found["$schema"] = _DRAFT_2020
         cache[pointer] = found

@@ -434,9 +434,13 @@ class _Schema:
         self.source = source
         self.is_valid: Callable[[Any], bool] = (fast if fast is not None else reference).is_valid
 
-    def errors(self, instance: Any) -> list[str] | None:
-        """``None`` when valid, else up to ten ``pointer: message`` details."""
-        fast = self.fast
+    def errors(self, instance: Any, *, reference: bool = False) -> list[str] | None:
+        """``None`` when valid, else up to ten ``pointer: message`` details.
+
+        ``reference`` asks for the reference validator whatever is installed (for documents
+        only the reference parser read).
+        """
+        fast = None if reference else self.fast
         if fast is not None:
             if fast.is_valid(instance):
                 return None
@@ -605,8 +609,9 @@ class _Entry:
     """A route's compiled model, with the mode applied, in the shape the request path reads.
 
     ``params`` says whether any parameter is required; ``bodies`` maps lower-case media
-    types to schemas, or is ``None`` when the body is not checked; ``json`` is the schema for
-    a request without ``Content-Type``; ``idle`` marks a model that checks nothing.
+    types to schemas, or is ``None`` when the body is not checked; ``types`` is the same map
+    keyed by the bytes of the header value (what an ASGI server hands over), ``None`` when
+    the body is not checked; ``json`` is the schema for a request without ``Content-Type``.
     ``header_keys`` holds, per required header, its ASGI name and its WSGI environ key
     (``None`` where the environ needs the full header mapping).
     """
@@ -616,12 +621,12 @@ class _Entry:
         "default",
         "header_keys",
         "headers",
-        "idle",
         "json",
         "params",
         "path",
         "query",
         "route",
+        "types",
     )
 
     def __init__(
@@ -642,8 +647,35 @@ class _Entry:
         self.bodies = bodies
         self.default = default
         self.json = None if bodies is None else bodies.get(DEFAULT_CONTENT_TYPE) or default
-        self.idle = not self.params and bodies is None
+        self.types: dict[bytes, _Schema] | None = None
+        if bodies is not None:
+            # Media types are lower-case ASCII tokens in practice; anything else is found by
+            # schema_for.
+            self.types = {k.encode("latin-1"): v for k, v in bodies.items() if k.isascii()}
 
+    def schema_for(self, ctype: str | None) -> _Schema | None:
+        """The schema for a ``Content-Type`` value (``None`` when absent), or ``None``."""
+        bodies = self.bodies
+        if bodies is None:
+            return None
+        if ctype is None:
+            return self.json
+        # The raw value is usually the bare media type: try it before normalising.
+        return bodies.get(ctype) or bodies.get(_media_type(ctype)) or self.default
+
+
+# -- parsing ----------------------------------------------------------------------------------
+#
+# The reference parser is the standard library's, refusing what is not JSON: the NaN and
+# Infinity literals, and numbers too large for a double (Python would read them as infinity,
+# which no JSON value is and which jsonschema-rs cannot represent). msgspec (the ``fast``
+# extra) is the fast parser: whatever it accepts, it reads exactly as the reference does
+# (integers of any size stay integers, floats are correctly rounded, the last of duplicate
+# keys wins); what it refuses (invalid JSON, lone surrogates such as "\ud800", numbers out
+# of range, bodies nested too deeply) is left to the reference parser, whose document is then
+# checked by the reference validator. orjson is not used: it reads integers beyond 64 bits as
+# floats, which changes verdicts (10**30 is not an integer for draft 4, nor within
+# ``maximum: 2**64`` once rounded), and it accepts nesting the reference parser refuses.
 
 _EMPTY_BODY: Final = re.compile(rb"^[ \t\r\n]*$")
 
@@ -652,43 +684,48 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # infinite: the number does not fit a double
+        shown = text if len(text) <= 24 else text[:24] + "..."
+        raise ValueError(f"number {shown} is out of range")
+    return value
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _parse_reference(body: bytes) -> Any:
     return _DECODER.decode(body.decode("utf-8"))
 
 
-def _fast_loads() -> Callable[[bytes], Any]:
-    """orjson's parser when installed (the ``fast`` extra), else the reference parser."""
+class _Refused(ValueError):
+    """The strict parser leaves this body to the reference parser."""
+
+
+def _parse_plain(body: bytes) -> Any:
+    # Without msgspec, the reference parser is the strict one too, except that a ``\u``
+    # escape may hide a lone surrogate, which jsonschema-rs cannot take: such bodies go to
+    # the reference path.
+    if b"\\u" in body:
+        raise _Refused("\\u escape")
+    return _parse_reference(body)
+
+
+def _strict_parser() -> Callable[[bytes], Any]:
+    """msgspec's decoder when installed (the ``fast`` extra), else :func:`_parse_plain`."""
     try:
-        import orjson
+        import msgspec
     except ImportError:
-        return _parse_reference
-    return orjson.loads
+        return _parse_plain
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder().decode
+    if type(decode(b"18446744073709551616")) is not int:  # a release that rounds big integers
+        return _parse_plain
+    return decode
 
 
-def _parser() -> Callable[[bytes], Any]:
-    """orjson when installed (the ``fast`` extra), falling back to the reference parser for
-    what orjson refuses, so that the verdict is always the reference parser's."""
-    loads = _fast_loads()
-    if loads is _parse_reference:
-        return _parse_reference
-    import orjson
-
-    decode_error = orjson.JSONDecodeError
-
-    def parse(body: bytes) -> Any:
-        try:
-            return loads(body)
-        except decode_error:
-            return _parse_reference(body)
-
-    return parse
-
-
-_parse: Callable[[bytes], Any] = _parser()
-_loads: Callable[[bytes], Any] = _fast_loads()
+# Parses a body on the request path; a document it returns can go to either validator.
+_parse_strict: Callable[[bytes], Any] = _strict_parser()
 
 
 class RequestValidator(BasePolicy):
@@ -841,9 +878,11 @@ class RequestValidator(BasePolicy):
 
     # -- request path ------------------------------------------------------------------------
     #
-    # Everything a request needs is precomputed per route in _Entry; the common case (a
-    # route key with a model, a JSON body that is valid) costs two dictionary lookups, one
-    # header scan, the body read, one parse and one ``is_valid`` call.
+    # Everything a request needs is precomputed per route in _Entry. The common case (a
+    # route key with a model, a JSON body that is valid) costs one dictionary lookup for
+    # the route, a scan of the raw headers for Content-Type whose bytes are looked up as
+    # they are, the body read, one parse and one ``is_valid`` call; nothing else is
+    # allocated. The detail of a refusal is computed only when the body is refused.
 
     def _entry_for(self, request: Request) -> _Entry | None:
         """The model of the most specific of this validator's routes matching ``request``
@@ -863,58 +902,57 @@ class RequestValidator(BasePolicy):
     def flow(
         self, request: Request, context: RequestContext
     ) -> Decision | Generator[Any, Any, Decision]:
-        key = context.route_key
-        entry = self._entries.get(key) if key is not None else None
+        entry = self._entries.get(context.route_key)  # type: ignore[arg-type]
         if entry is None:
             entry = self._entry_for(request)
             if entry is None:
                 return None
-        if entry.idle:
-            return None
         if entry.params:
             missing = _missing(entry, request, context)
             if missing:
                 message = f"Missing required request parameters: [{', '.join(missing)}]"
                 return Deny("BAD_REQUEST_PARAMETERS", message, validation_error=message)
-        bodies = entry.bodies
-        if bodies is None:
+        types = entry.types
+        if types is None:
             return None
-        ctype = _content_type(request)
-        if ctype is None:
-            schema = entry.json
-        else:
-            # The raw value is usually the bare media type: try it before normalising.
-            schema = bodies.get(ctype)
-            if schema is None:
-                schema = bodies.get(_media_type(ctype)) or entry.default
+        schema = None
+        raw = request.raw
+        if type(raw) is dict and "REQUEST_METHOD" not in raw:
+            # ASGI: the header's bytes are looked up as received (b"application/json"),
+            # without decoding them or building the header mapping.
+            for name, value in raw.get("headers") or ():
+                if name == b"content-type":
+                    schema = types.get(value)
+                    break
         if schema is None:
-            if self._reject:
-                media = DEFAULT_CONTENT_TYPE if ctype is None else _media_type(ctype)
-                detail = f"Content type {media!r} is not supported on this route"
-                return Deny("UNSUPPORTED_MEDIA_TYPE", validation_error=detail)
-            return None
-        body = request.body
-        if body is None:
-            return self._read_and_check(request, schema)
-        # Another policy has read the body already: no effect needed.
+            # Anything else: parameters, another case, $default, no Content-Type, WSGI.
+            schema = entry.schema_for(_content_type(request))
+            if schema is None:
+                return self._unmatched(request)
+        # A body another policy has read already comes back from the effect at once.
+        return self._read_and_check(request, schema)
+
+    def _read_and_check(self, request: Request, schema: _Schema) -> Generator[Any, Any, Decision]:
+        body = yield request.read_body()
+        # The common case, a valid JSON body, costs one parse and one ``is_valid``. Anything
+        # else (an empty body, a body the strict parser leaves to the reference parser, an
+        # invalid document, a recursion limit) is decided by _check, which handles each case
+        # and computes the detail.
         try:
-            if schema.is_valid(_loads(body)):
+            if schema.is_valid(_parse_strict(body)):
                 return None
         except Exception:
             pass
         return self._check(schema, body)
 
-    def _read_and_check(self, request: Request, schema: _Schema) -> Generator[Any, Any, Decision]:
-        body = yield request.read_body()
-        # The common case, a valid JSON body, costs one parse and one ``is_valid``. Anything
-        # else (an empty body, JSON the fast parser refuses, an invalid document, a recursion
-        # limit) is decided by _check, which handles each case and computes the detail.
-        try:
-            if schema.is_valid(_loads(body)):
-                return None
-        except Exception:
-            pass
-        return self._check(schema, body)
+    def _unmatched(self, request: Request) -> Decision:
+        """A content type with no model on a route that has body models."""
+        if not self._reject:
+            return None
+        ctype = _content_type(request)
+        media = DEFAULT_CONTENT_TYPE if ctype is None else _media_type(ctype)
+        detail = f"Content type {media!r} is not supported on this route"
+        return Deny("UNSUPPORTED_MEDIA_TYPE", validation_error=detail)
 
     def _check(self, schema: _Schema, body: bytes) -> Decision:
         detail = _body_errors(schema, body)
@@ -989,18 +1027,25 @@ def _content_type(request: Request) -> str | None:
 
 def _body_errors(schema: _Schema, body: bytes) -> str | None:
     """``None`` if ``body`` is JSON matching ``schema``, else the validation error string."""
+    reference = False
     try:
         if _EMPTY_BODY.match(body):
             # API Gateway validates a missing body as an empty object.
             document: Any = {}
         else:
-            document = _parse(body)
+            try:
+                document = _parse_strict(body)
+            except ValueError:  # msgspec's DecodeError and ValidationError, _Refused
+                # The reference parser decides (and words the error); its document may hold
+                # what only the reference validator takes (a lone surrogate).
+                document = _parse_reference(body)
+                reference = True
     except RecursionError:
         return "[Invalid JSON: nested too deeply]"
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return f"[Invalid JSON: {_first_line(exc)}]"
     try:
-        errors = schema.errors(document)
+        errors = schema.errors(document, reference=reference)
     except RecursionError:
         return "[/: nested too deeply to validate]"
     if errors is None:

@@ -372,7 +372,7 @@ def test_configuration_errors(build, field) -> None:
     assert info.value.field == field
 
 
-@pytest.mark.parametrize("uri", ["memcached://127.0.0.1:11211", "mongodb://127.0.0.1:27017"])
+@pytest.mark.parametrize("uri", ["mongodb://127.0.0.1:27017", "couchbase://127.0.0.1"])
 def test_storage_without_scripting_is_refused(make_client, uri) -> None:
     with pytest.raises(ConfigurationError) as info:
         make_client([Throttle(TokenBucket(1, 1))], storage=uri)

@@ -230,7 +230,8 @@ def test_strategy_configuration_errors(build: Any, field: str) -> None:
 @pytest.mark.parametrize(
     ("storage", "field"),
     [
-        pytest.param("memcached://127.0.0.1:11211", "Throttle.storage", id="memcached"),
+        pytest.param("memcached://127.0.0.1:11211", "Throttle.strategy", id="memcached"),
+        pytest.param("mongodb://127.0.0.1:27017", "Throttle.storage", id="mongodb"),
         pytest.param(_OwnStore(), "Throttle.strategy", id="own-store"),
     ],
 )

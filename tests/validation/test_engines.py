@@ -183,3 +183,35 @@ def test_unchecked_format_reached_through_a_ref_into_resources(make_client, engi
     client = make_client([v])
     r = client.post("/d", json_body={"day": value})
     assert r.status_code == status
+
+
+def test_openapi_inline_schemas_on_path_templates_take_the_fast_path(make_client, caplog):
+    from apigw_mw import from_openapi
+
+    # A body schema written inline under a templated path is referred to by a JSON pointer
+    # holding "{petId}": it must still be a URI jsonschema-rs takes.
+    api = {
+        "openapi": "3.0.1",
+        "info": {"title": "t", "version": "1"},
+        "x-amazon-apigateway-request-validators": {"all": {"validateRequestBody": True}},
+        "paths": {
+            "/pets/{petId}/tags/{proxy+}": {
+                "post": {
+                    "x-amazon-apigateway-request-validator": "all",
+                    "requestBody": {"content": {"application/json": {"schema": PET}}},
+                    "responses": {"200": {"description": "ok"}},
+                }
+            }
+        },
+    }
+    with caplog.at_level("WARNING", logger="apigw_mw"):
+        policies = from_openapi(api)
+    assert not [r for r in caplog.records if "jsonschema-rs" in r.getMessage()]
+    validators = [
+        v for v in (getattr(p, "inner", p) for p in policies) if isinstance(v, RequestValidator)
+    ]
+    assert len(validators) == 1
+    assert validators[0].fast
+    client = make_client(policies)
+    assert client.post("/pets/1/tags/a/b", json_body=GOOD).status_code == 200
+    assert client.post("/pets/1/tags/a/b", json_body={**GOOD, "price": 600}).status_code == 400

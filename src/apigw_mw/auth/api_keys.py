@@ -71,11 +71,6 @@ def hash_api_key(value: str) -> str:
     return _sha256(value.encode("ascii")).hexdigest()  # type: ignore[no-any-return]
 
 
-def _well_formed(value: str) -> bool:
-    """20-128 printable ASCII characters without spaces (what ``_VALUE`` matches)."""
-    return 20 <= len(value) <= 128 and value.isascii() and value.isprintable() and " " not in value
-
-
 def generate_api_key(length: int = 40) -> str:
     """A new random key value of API Gateway's shape (40 letters and digits by default).
 
@@ -569,10 +564,14 @@ class ApiKeyAuth(BasePolicy):
         store = get_store(
             settings.storage if self.storage is None else self.storage, "ApiKeyAuth.storage"
         )
+        if self.source == "HEADER" and isinstance(self.keys, ApiKeys):
+            return _HeaderApiKeys(self, store, settings)
         return _BoundApiKeyAuth(self, store, settings)
 
 
 Flow = Generator[Any, Any, Deny | None]
+# A key's plan, its id, and the plan's reused effect per route (``None``: no route limit).
+_PlanEntry = tuple[Any, str, dict[str | None, Hits | None]]
 
 #: How many keys' plan effects a bound policy keeps ready (then it starts afresh).
 _PLAN_CACHE: Final = 100_000
@@ -632,7 +631,7 @@ class _BoundApiKeyAuth:
         # Key -> (its plan, its id, {route -> the plan's effect}): the levels, storage keys
         # and script arguments of a key's plan are built once and reused; the entry is
         # rebuilt if the key's plan or id changes.
-        self._plan_effects: dict[ApiKey, tuple[Any, str, dict[str | None, Hits | None]]] = {}
+        self._plan_effects: dict[ApiKey, _PlanEntry] = {}
 
     on_response: Callable[[Request, RequestContext, ResponseHead], None] | None = None
     on_request: Callable[[Request, RequestContext], None] | None = None
@@ -657,7 +656,10 @@ class _BoundApiKeyAuth:
             if not isinstance(found, str):
                 return _FORBIDDEN
             value = found
-        if not _well_formed(value):
+        # 20-128 printable ASCII characters without spaces (what ``_VALUE`` matches).
+        if not (
+            20 <= len(value) <= 128 and value.isascii() and value.isprintable() and " " not in value
+        ):
             return _FORBIDDEN
         # $context.identity.apiKey, as API Gateway hands it to the backend; logs, templates
         # and as_dict() never show it.
@@ -698,32 +700,111 @@ class _BoundApiKeyAuth:
     ) -> Deny | Flow | None:
         if key is None or not key.enabled:
             return _FORBIDDEN
-        ctx.identity.api_key_id = key.id
+        key_id = key.id
+        ctx.identity.api_key_id = key_id
         plan = key.plan
         if plan is None:
             return None
         ctx.extra["usagePlan"] = plan.name
-        route = (
-            limited_route(request, ctx, plan.route_limits, plan._route_router, self.stage)
-            if plan.route_limits
+        cached = self._plan_effects.get(key)
+        if cached is None or cached[0] is not plan or cached[1] is not key_id:
+            cached = self._plan_entry(key, plan, key_id)
+        effects = cached[2]
+        if plan.route_limits:
+            route = limited_route(request, ctx, plan.route_limits, plan._route_router, self.stage)
+            effect = effects[route] if route in effects else self._plan_effect(cached, route)
+        else:
+            effect = effects[None]
+        if effect is None:
+            return None
+        if self.headers:
+            effect = Hits(self.store, effect.levels, effect.quotas, self, ctx)
+        return _wait(effect, ctx)
+
+    def _plan_entry(self, key: ApiKey, plan: UsagePlan, key_id: str) -> _PlanEntry:
+        """The key's cache entry, made afresh (first use, or its plan or id changed)."""
+        if len(self._plan_effects) >= _PLAN_CACHE:
+            self._plan_effects.clear()
+        entry: _PlanEntry = (plan, key_id, {})
+        self._plan_effects[key] = entry
+        self._plan_effect(entry, None)
+        return entry
+
+    def _plan_effect(self, entry: _PlanEntry, route: str | None) -> Hits | None:
+        """The reused effect of a key's plan on ``route`` (a key of the plan's
+        ``route_limits``, or ``None``): its levels, storage keys and quota period, built
+        once; ``None`` when the plan limits nothing there."""
+        plan, key_id, effects = entry
+        quota = plan.quota_level(key_id)
+        levels = plan.levels(key_id, route)
+        effect = effects[route] = (
+            Hits(self.store, tuple(levels), (quota,) if quota is not None else (), self, None)
+            if levels or quota is not None
             else None
         )
-        cached = self._plan_effects.get(key)
-        if cached is None or cached[0] is not plan or cached[1] != key.id:
-            if len(self._plan_effects) >= _PLAN_CACHE:
-                self._plan_effects.clear()
-            cached = self._plan_effects[key] = (plan, key.id, {})
-        effects = cached[2]
-        if route in effects:
-            effect = effects[route]
+        return effect
+
+
+class _HeaderApiKeys(_BoundApiKeyAuth):
+    """Keys sent in a header and held in memory (:class:`ApiKeys`), the common case: the
+    whole check in one function, the ASGI header scan inline."""
+
+    def __init__(self, spec: ApiKeyAuth, store: Store, settings: GatewaySettings) -> None:
+        super().__init__(spec, store, settings)
+        assert isinstance(spec.keys, ApiKeys)
+        self._by_digest = spec.keys._by_digest
+        self._size = len(self._raw_header)
+
+    def flow(self, request: Request, ctx: RequestContext) -> Deny | Flow | None:
+        raw: Any = request.raw
+        if type(raw) is dict and raw.get("type") == "http" and "wsgi.input" not in raw:
+            # The ASGI scope's header list (what ``_presented`` reads, inline).
+            name = self._raw_header
+            size = self._size
+            found: bytes | None = None
+            for k, v in raw.get("headers") or ():
+                if len(k) == size and (k == name or k.lower() == name):
+                    if found is not None:
+                        return _FORBIDDEN
+                    found = v
+            if found is None:
+                return _FORBIDDEN
+            value = found.decode("latin-1")
         else:
-            quota = plan.quota_level(key.id)
-            levels = plan.levels(key.id, route)
-            effect = effects[route] = (
-                Hits(self.store, tuple(levels), (quota,) if quota is not None else (), self, None)
-                if levels or quota is not None
-                else None
-            )
+            presented = _presented(request, self.spec.header, self._raw_header, self._cgi_header)
+            if presented is None:
+                return _FORBIDDEN
+            value = presented
+        # 20-128 printable ASCII characters without spaces (what ``_VALUE`` matches).
+        if not (
+            20 <= len(value) <= 128 and value.isascii() and value.isprintable() and " " not in value
+        ):
+            return _FORBIDDEN
+        identity = ctx.identity
+        # $context.identity.apiKey, as API Gateway hands it to the backend; logs, templates
+        # and as_dict() never show it.
+        identity.api_key = value
+        key = self._by_digest.get(_sha256(value.encode("ascii")).digest())
+        if key is None or not key.enabled:
+            return _FORBIDDEN
+        key_id = key.id
+        identity.api_key_id = key_id
+        plan = key.plan
+        if plan is None:
+            return None
+        ctx.extra["usagePlan"] = plan.name
+        cached = self._plan_effects.get(key)
+        if cached is None or cached[0] is not plan or cached[1] is not key_id:
+            cached = self._plan_entry(key, plan, key_id)
+        effects = cached[2]
+        limits = plan.route_limits
+        if limits:
+            route = ctx.route_key
+            if route is None or route not in limits:
+                route = limited_route(request, ctx, limits, plan._route_router, self.stage)
+            effect = effects[route] if route in effects else self._plan_effect(cached, route)
+        else:
+            effect = effects[None]
         if effect is None:
             return None
         if self.headers:

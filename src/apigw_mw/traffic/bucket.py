@@ -13,7 +13,7 @@ from ..exceptions import ConfigurationError
 from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
 from ..responses import Deny
 from ..routes import RoutePattern, Router, Stage
-from .storage import BucketSpec, Hits, Level, Store, get_store
+from .storage import BucketSpec, Hits, Level, Store, get_store, single_hit
 from .windows import STRATEGIES, TOKEN_BUCKET, WindowHit, window_item, windows_for
 
 if TYPE_CHECKING:
@@ -115,9 +115,8 @@ WATCHED: Final = "_apigw_watched"
 
 
 def _wait(effect: Any, ctx: RequestContext) -> Generator[Any, Any, Deny | None]:
+    # A failed store is thrown in at the ``yield`` (the effect protocol), never sent.
     outcome = yield effect
-    if isinstance(outcome, BaseException):  # pragma: no cover - stores return decisions
-        raise outcome
     if outcome is None:
         # Admitted: ``extra["throttle"]`` for an observer (Tracing's ``apigw.throttle``).
         watched = getattr(ctx, WATCHED, None)
@@ -254,7 +253,15 @@ class Throttle(BasePolicy):
         store = get_store(
             settings.storage if self.storage is None else self.storage, "Throttle.storage"
         )
-        return _BoundThrottle(self, store, settings)
+        bound = _BoundThrottle
+        if self.strategy == TOKEN_BUCKET and not self.route_limits:
+            if self.key == "stage":
+                bound = _StageThrottle
+            elif self.key == "route":
+                bound = _RouteThrottle
+            elif self.key == "source_ip":
+                bound = _ClientThrottle
+        return bound(self, store, settings)
 
 
 #: How many per-client buckets a bound throttle keeps ready (then it starts afresh).
@@ -334,6 +341,10 @@ class _BoundThrottle:
                 None,
             )
         return Hits(self.store, (Level.of(key, self._specs[which]),), (), self, None)
+
+    def _one(self, key: str) -> Hits:
+        """A reused single-bucket effect for storage key ``key`` with the default bucket."""
+        return single_hit(self.store, key, self._specs[None], self)
 
     def _cached(self, route: str | None, client: str) -> Any:
         if not client:
@@ -437,3 +448,66 @@ class _BoundThrottle:
             return self._cached(route, key_id).levels
 
         return Hits(self.store, (), (), self, ctx, levels)
+
+
+# Token-bucket throttles without route limits, the common shapes: the flow goes straight
+# to the kept effect.
+
+
+class _StageThrottle(_BoundThrottle):
+    """``key="stage"``: one bucket, one effect for every request."""
+
+    def __init__(self, spec: Throttle, store: Store, settings: GatewaySettings) -> None:
+        super().__init__(spec, store, settings)
+        self._stage_effect = self._one(self._prefix)
+
+    def flow(self, request: Request, ctx: RequestContext) -> Generator[Any, Any, Deny | None]:
+        effect = self._stage_effect
+        return _wait(effect if not self.headers else self._for(effect, ctx), ctx)
+
+
+class _RouteThrottle(_BoundThrottle):
+    """``key="route"``: one bucket and one effect per route key (``$default`` outside
+    every declared route), kept by the request's route key."""
+
+    def __init__(self, spec: Throttle, store: Store, settings: GatewaySettings) -> None:
+        super().__init__(spec, store, settings)
+        self._routes: dict[str | None, Hits] = {}
+
+    def flow(self, request: Request, ctx: RequestContext) -> Generator[Any, Any, Deny | None]:
+        rk = ctx.route_key
+        effect = self._routes.get(rk)
+        if effect is None:
+            # Route keys come from the declared routes: a bounded set.
+            effect = self._routes[rk] = self._one(self._prefix + (rk or "$default"))
+        return _wait(effect if not self.headers else self._for(effect, ctx), ctx)
+
+
+class _ClientThrottle(_BoundThrottle):
+    """``key="source_ip"``: one bucket per client address; the effects of up to
+    ``_CLIENT_CACHE`` clients are kept (then the cache starts afresh)."""
+
+    def __init__(self, spec: Throttle, store: Store, settings: GatewaySettings) -> None:
+        super().__init__(spec, store, settings)
+        self._client_prefix = self._prefix + "|"
+        self._default = self._specs[None]
+        self._by_client: dict[str, Hits] = {}
+
+    def flow(
+        self, request: Request, ctx: RequestContext
+    ) -> Generator[Any, Any, Deny | None] | None:
+        ip = ctx.identity.source_ip
+        if ip is None:
+            return None
+        effect = self._by_client.get(ip)
+        if effect is None:
+            effect = self._client(ip)
+        return _wait(effect if not self.headers else self._for(effect, ctx), ctx)
+
+    def _client(self, ip: str) -> Hits:
+        effect = single_hit(self.store, self._client_prefix + ip, self._default, self)
+        clients = self._by_client
+        if len(clients) >= _CLIENT_CACHE:
+            clients.clear()
+        clients[ip] = effect
+        return effect

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..exceptions import ConfigurationError
 from ..routes import Router
 from .bucket import TokenBucket, check_bucket, route_limits_arg
-from .storage import DAY, MONTH, PERIODS, WEEK, Level, QuotaLevel, Store, get_store
+from .storage import DAY, MONTH, PERIODS, WEEK, BucketSpec, Level, QuotaLevel, Store, get_store
 
 if TYPE_CHECKING:
     from ..auth.api_keys import ApiKey
@@ -65,6 +65,10 @@ class Quota:
         return PERIODS[self.period]
 
 
+def _spec(bucket: TokenBucket, name: str) -> BucketSpec:
+    return BucketSpec(bucket.rate, bucket.burst, name)
+
+
 class UsagePlan:
     """A usage plan: the throttle, per-route limits and quota every key on it gets.
 
@@ -83,7 +87,16 @@ class UsagePlan:
                           route_limits={"POST /orders": TokenBucket(rate=1, burst=2)})
     """
 
-    __slots__ = ("_route_router", "name", "quota", "route_limits", "throttle")
+    __slots__ = (
+        "_quota_like",
+        "_route_router",
+        "_route_specs",
+        "_throttle_spec",
+        "name",
+        "quota",
+        "route_limits",
+        "throttle",
+    )
 
     def __init__(
         self,
@@ -107,6 +120,17 @@ class UsagePlan:
         limits, router = route_limits_arg(route_limits, f"UsagePlan({name}).route_limits")
         self.route_limits: Mapping[str, TokenBucket] = limits
         self._route_router: Router | None = router
+        # What every key's levels share, worked out once: a key's level then costs its
+        # storage key and one small object.
+        self._throttle_spec = (
+            None if self.throttle is None else _spec(self.throttle, f"plan-{name}")
+        )
+        self._route_specs = {r: _spec(b, f"plan-{name}-route") for r, b in limits.items()}
+        self._quota_like = (
+            None
+            if quota is None
+            else QuotaLevel("", quota.limit, quota.kind, quota.offset, f"quota-{name}")
+        )
 
     @property
     def limited(self) -> bool:
@@ -114,24 +138,23 @@ class UsagePlan:
         return bool(self.throttle or self.quota or self.route_limits)
 
     def levels(self, key_id: str, route: str | None) -> list[Level]:
+        """The buckets of key ``key_id`` on ``route`` (a key of ``route_limits``, or
+        ``None``)."""
         tag = "{k:" + key_id + "}"
         out = []
-        if self.throttle is not None:
-            b = self.throttle
-            out.append(Level(f"{tag}:p:{self.name}", b.rate, b.burst, f"plan-{self.name}"))
+        spec = self._throttle_spec
+        if spec is not None:
+            out.append(Level.of(tag + ":p:" + self.name, spec))
         if route is not None:
-            b = self.route_limits[route]
-            out.append(
-                Level(f"{tag}:r:{self.name}:{route}", b.rate, b.burst, f"plan-{self.name}-route")
-            )
+            out.append(Level.of(tag + ":r:" + self.name + ":" + route, self._route_specs[route]))
         return out
 
     def quota_level(self, key_id: str) -> QuotaLevel | None:
-        q = self.quota
-        if q is None:
+        """The quota counter of key ``key_id`` (``None`` without a quota)."""
+        like = self._quota_like
+        if like is None:
             return None
-        key = "{k:" + key_id + "}:q:" + self.name
-        return QuotaLevel(key, q.limit, q.kind, q.offset, f"quota-{self.name}")
+        return QuotaLevel.of("{k:" + key_id + "}:q:" + self.name, like)
 
     def __repr__(self) -> str:
         return (

@@ -29,8 +29,8 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..exceptions import ConfigurationError, StorageError
 from ..responses import Deny
@@ -44,6 +44,7 @@ __all__ = [
     "MemoryStore",
     "RedisStore",
     "Store",
+    "decide_levels",
     "get_store",
     "period_bounds",
 ]
@@ -53,6 +54,7 @@ logger = logging.getLogger("apigw_mw.traffic")
 DAY, WEEK, MONTH = 0, 1, 2
 PERIODS: Final = {"DAY": DAY, "WEEK": WEEK, "MONTH": MONTH}
 _EPS: Final = 1e-6  # one microsecond of slack absorbs float rounding in ``tat`` sums
+_NONE: Final = -math.inf  # the ``tat`` of a bucket not held: full
 _FAILED: Final = Deny("API_CONFIGURATION_ERROR")
 
 
@@ -130,13 +132,20 @@ class BucketSpec:
 
 
 class Level:
-    """One token bucket to check: its storage key and its :class:`BucketSpec`."""
+    """One token bucket to check: its storage key and its :class:`BucketSpec`.
 
-    __slots__ = ("key", "spec")
+    ``interval`` and ``cap`` (the capacity in seconds plus the rounding slack) are copied
+    from the spec, so the memory store's hot path reads them off the level itself.
+    """
+
+    __slots__ = ("cap", "interval", "key", "spec")
 
     def __init__(self, key: str, rate: float, burst: int, name: str) -> None:
+        spec = BucketSpec(rate, burst, name)
         self.key = key
-        self.spec = BucketSpec(rate, burst, name)
+        self.spec = spec
+        self.interval = spec.interval
+        self.cap = spec.capacity_eps
 
     @classmethod
     def of(cls, key: str, spec: BucketSpec) -> Level:
@@ -144,6 +153,8 @@ class Level:
         level = _new_level(cls)
         level.key = key
         level.spec = spec
+        level.interval = spec.interval
+        level.cap = spec.capacity_eps
         return level
 
     # Read-only views of the spec.
@@ -154,10 +165,6 @@ class Level:
     @property
     def burst(self) -> int:
         return self.spec.burst
-
-    @property
-    def interval(self) -> float:
-        return self.spec.interval
 
     @property
     def capacity(self) -> float:
@@ -190,6 +197,20 @@ class QuotaLevel:
         # (start, end) in epoch seconds, then in days; empty until first used.
         self._bounds: tuple[float, float, int, int] = (0.0, 0.0, 0, 0)
 
+    @classmethod
+    def of(cls, key: str, like: QuotaLevel) -> QuotaLevel:
+        """A counter for ``key`` with the limit, period and name of ``like`` (nothing is
+        recomputed)."""
+        level = _new_level(cls)
+        level.key = key
+        level.limit = like.limit
+        level.kind = like.kind
+        level.offset = like.offset
+        level.name = like.name
+        level.params = like.params
+        level._bounds = like._bounds
+        return level
+
     def bounds(self, now: float) -> tuple[float, float, int, int]:
         """``(start, end, start_day, end_day)`` of the period holding ``now``."""
         b = self._bounds
@@ -219,10 +240,23 @@ class Hits:
 
     An effect without ``resolve`` whose owner wants no headers does not depend on the
     request: policies build it once and yield the same object for every request (``ctx``
-    is then ``None``), and a store may keep what it precomputed for it in ``cmd``.
+    is then ``None``), and a store may keep what it precomputed for it in ``cmd`` (the
+    memory store in ``mem``). ``one`` is the level of an effect that is one bucket and
+    nothing else (no quota, no headers, nothing to resolve), else ``None``.
     """
 
-    __slots__ = ("batcher", "cmd", "ctx", "detail", "levels", "owner", "quotas", "resolve")
+    __slots__ = (
+        "batcher",
+        "cmd",
+        "ctx",
+        "detail",
+        "levels",
+        "mem",
+        "one",
+        "owner",
+        "quotas",
+        "resolve",
+    )
 
     def __init__(
         self,
@@ -239,14 +273,46 @@ class Hits:
         self.owner = owner
         self.ctx = ctx
         self.resolve = resolve
-        self.detail = bool(owner.headers)
+        self.detail = detail = bool(owner.headers)
         self.cmd: Any = None
+        self.mem: Any = None
+        self.one: Level | None = (
+            levels[0]
+            if resolve is None and not detail and not quotas and len(levels) == 1
+            else None
+        )
 
     def run_sync(self) -> Deny | None:
         return self.batcher.run_many_sync([self])[0]
 
     async def run_async(self) -> Deny | None:
         return (await self.batcher.run_many_async([self]))[0]
+
+
+def single_hit(store: Store, key: str, spec: BucketSpec, owner: Any) -> Hits:
+    """``Hits(store, (Level.of(key, spec),), (), owner, None)``, built without the general
+    constructor's work: what a per-client throttle makes for each new client."""
+    level = _new_level(Level)
+    level.key = key
+    level.spec = spec
+    level.interval = spec.interval
+    level.cap = spec.capacity_eps
+    effect = _new_level(Hits)
+    effect.batcher = store
+    effect.levels = (level,)
+    effect.quotas = ()
+    effect.owner = owner
+    effect.ctx = None
+    effect.resolve = None
+    effect.cmd = None
+    effect.mem = None
+    if owner.headers:
+        effect.detail = True
+        effect.one = None
+    else:
+        effect.detail = False
+        effect.one = level
+    return effect
 
 
 # A store's raw answer: (now, admitted, [(ok, diff)] per bucket, [(ok, count, end)] per quota)
@@ -347,6 +413,56 @@ def _verdicts(effects: list[Hits], raw: Raw) -> list[Deny | None]:
             e.ctx.extra[e.owner.header_slot] = items
         out.append(verdict)
     return out
+
+
+def decide_levels(
+    now: float,
+    levels: Sequence[Level],
+    quotas: Sequence[QuotaLevel],
+    tats: Mapping[str, float],
+    counts: Mapping[str, tuple[int, int]],
+) -> tuple[Raw, dict[str, float], dict[str, tuple[int, int]]]:
+    """Decide a phase on values read from a store that cannot run the decision itself.
+
+    ``tats`` holds the stored ``tat`` of each bucket read, ``counts`` each quota counter's
+    ``(first day of its period, count)``; an absent key is a full bucket or an unused quota.
+    Returns the :data:`Raw` answer and, for an admitted request, the values to write: each
+    bucket's new ``tat`` and each quota's ``(first day, count)``. The arithmetic is
+    :class:`MemoryStore`'s (a key named twice in a phase is hit twice).
+    """
+    admitted = True
+    bres: list[tuple[bool, float]] = []
+    pending: dict[str, float] = {}
+    for lv in levels:
+        key = lv.key
+        sp = lv.spec
+        tat = pending.get(key)
+        if tat is None:
+            tat = tats.get(key, now)
+        if tat < now:
+            tat = now
+        diff = tat + sp.interval - now
+        if diff <= sp.capacity_eps:
+            pending[key] = now + diff
+            bres.append((True, diff))
+        else:
+            admitted = False
+            bres.append((False, diff))
+    qres: list[tuple[bool, int, float]] = []
+    counted: dict[str, tuple[int, int]] = {}
+    for q in quotas:
+        _, end, start, _ = q.bounds(now)
+        held = counted.get(q.key)
+        if held is None:
+            held = counts.get(q.key)
+        count = held[1] if held is not None and held[0] == start else 0
+        ok = count < q.limit
+        if ok:
+            counted[q.key] = (start, count + 1)
+        else:
+            admitted = False
+        qres.append((ok, count, end))
+    return (now, admitted, bres, qres), pending, counted
 
 
 class Store:
@@ -504,6 +620,112 @@ class MemoryStore(Store):
         """How many buckets are held (full buckets are not)."""
         return len(self._buckets)
 
+    #: In-process work that never blocks: the pipeline performs it without a driver hop.
+    inline = True
+
+    # The hot paths: one lock acquisition and one clock read per phase. The lock is taken
+    # with ``acquire``/``release`` rather than ``with``: half the cost on this path.
+
+    def run_many_sync(self, effects: list[Hits]) -> list[Deny | None]:
+        if len(effects) == 1:
+            e = effects[0]
+            lv = e.one
+            if lv is not None:
+                # One bucket, nothing else (a stage, route or per-client limit): one GCRA
+                # step. ``tat`` becomes the bucket's new theoretical arrival time, and
+                # ``tat - now`` the wait a refusal reports.
+                key = lv.key
+                buckets = self._buckets
+                lock = self._lock
+                lock.acquire()
+                try:
+                    now = self.clock()
+                    tat = buckets.get(key, _NONE)
+                    if tat < now:
+                        # Full (or not held: the same): admits, and starts draining.
+                        grew = tat is _NONE
+                        tat = now + lv.interval
+                        ok = True
+                    else:
+                        grew = False
+                        tat += lv.interval
+                        ok = tat - now <= lv.cap
+                    if ok:
+                        buckets[key] = tat
+                        buckets.move_to_end(key)
+                    self._ops = ops = self._ops + 1
+                    if not ops & 15 or (grew and len(buckets) > self.max_buckets):
+                        self._sweep(now)
+                finally:
+                    lock.release()
+                if ok:
+                    return [None]
+                return _verdicts(effects, (now, False, [(False, tat - now)], []))
+            program = e.mem
+            if program is None and e.ctx is None and e.resolve is None and not e.detail:
+                program = e.mem = _program(e.levels, e.quotas)
+            if program:
+                return self._run(e, program)
+        return Store.run_many_sync(self, effects)
+
+    def _run(self, e: Hits, program: _Program) -> list[Deny | None]:
+        """Decide one reused effect of up to two buckets and a quota (a key's plan)."""
+        k1, i1, c1, k2, i2, c2, quota = program
+        buckets = self._buckets
+        lock = self._lock
+        lock.acquire()
+        try:
+            now = self.clock()
+            ok = True
+            new = 0  # buckets not held yet
+            if k1 is not None:
+                t1 = buckets.get(k1, _NONE)
+                if t1 < now:  # full or not held: admits
+                    if t1 is _NONE:
+                        new = 1
+                    t1 = now + i1
+                else:
+                    t1 += i1
+                    ok = t1 - now <= c1
+                if ok and k2 is not None:
+                    t2 = buckets.get(k2, _NONE)
+                    if t2 < now:
+                        if t2 is _NONE:
+                            new += 1
+                        t2 = now + i2
+                    else:
+                        t2 += i2
+                        ok = t2 - now <= c2
+            if ok and quota is not None:
+                # Decided last: once the quota is counted nothing can refuse any more.
+                bounds = quota._bounds
+                if not bounds[0] <= now < bounds[1]:
+                    bounds = quota.bounds(now)
+                entry = self._quotas.get(quota.key)
+                if entry is not None and entry[0] == bounds[2]:
+                    if entry[1] < quota.limit:
+                        entry[1] += 1
+                    else:
+                        ok = False
+                else:
+                    self._quotas[quota.key] = [bounds[2], 1]
+            if ok:
+                if k1 is not None:
+                    buckets[k1] = t1
+                    buckets.move_to_end(k1)
+                    if k2 is not None:
+                        buckets[k2] = t2
+                        buckets.move_to_end(k2)
+                self._ops = ops = self._ops + 1
+                if not ops & 15 or (new and len(buckets) > self.max_buckets):
+                    self._sweep(now)
+                return [None]
+            # Refused (rare): answered in detail at the same instant, committing nothing.
+            raw = self._check(now, e.levels, e.quotas)
+        finally:
+            lock.release()
+        return _verdicts([e], raw)
+
     def decide_sync(
         self,
         effect: Hits | None,
@@ -515,26 +737,23 @@ class MemoryStore(Store):
             raw = self.check_sync(levels, quotas)
             return None if raw[1] and not detail else raw
         buckets = self._buckets
-        if not quotas and len(levels) == 1:  # the common case: one bucket, nothing else
-            ok, now, diff = self._hit_one(levels[0])
-            return None if ok else (now, False, [(False, diff)], [])
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             now = self.clock()
             # Decide without building an answer; a refusal (rare) is answered in detail by
             # ``_check`` at the same instant, still under the lock, committing nothing.
             pending: dict[str, float] = {}
             for lv in levels:
                 key = lv.key
-                sp = lv.spec
                 held = pending.get(key) if pending else None
                 tat = buckets.get(key, now) if held is None else held
                 if tat < now:
                     tat = now
-                diff = tat + sp.interval - now
-                if diff > sp.capacity_eps:
+                tat += lv.interval
+                if tat - now > lv.cap:
                     return self._check(now, levels, quotas)
-                pending[key] = now + diff
-            entry: list[int] | None = None
+                pending[key] = tat
             if quotas:
                 q = quotas[0]
                 bounds = q._bounds
@@ -554,6 +773,8 @@ class MemoryStore(Store):
             self._ops = ops = self._ops + 1
             if not ops & 15 or len(buckets) > self.max_buckets:
                 self._sweep(now)
+        finally:
+            lock.release()
         return None
 
     def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
@@ -568,14 +789,14 @@ class MemoryStore(Store):
         pending: dict[str, float] = {}
         for lv in levels:
             key = lv.key
-            sp = lv.spec
             held = pending.get(key) if pending else None
             tat = buckets.get(key, now) if held is None else held
             if tat < now:
                 tat = now
-            diff = tat + sp.interval - now
-            if diff <= sp.capacity_eps:
-                pending[key] = now + diff
+            tat += lv.interval
+            diff = tat - now
+            if diff <= lv.cap:
+                pending[key] = tat
                 bres.append((True, diff))
             else:
                 admitted = False
@@ -612,7 +833,8 @@ class MemoryStore(Store):
         return now, admitted, bres, qres
 
     def _sweep(self, now: float) -> None:
-        """Forget buckets that are full again, oldest updates first (a few per call)."""
+        """Forget buckets that are full again, oldest updates first (a few per call), and
+        the least recently used past ``max_buckets``."""
         buckets = self._buckets
         limit = self.max_buckets
         for _ in range(48):
@@ -622,41 +844,6 @@ class MemoryStore(Store):
             if buckets[oldest] > now and len(buckets) <= limit:
                 return
             del buckets[oldest]
-
-    def _hit_one(self, lv: Level) -> tuple[bool, float, float]:
-        """Take one token from one bucket (GCRA): ``(admitted, now, wait)``."""
-        key = lv.key
-        sp = lv.spec
-        buckets = self._buckets
-        with self._lock:
-            now = self.clock()
-            tat = buckets.get(key, now)
-            if tat < now:
-                tat = now
-            diff = tat + sp.interval - now
-            ok = diff <= sp.capacity_eps
-            if ok:
-                buckets[key] = now + diff
-                buckets.move_to_end(key)
-            self._ops = ops = self._ops + 1
-            if not ops & 15 or len(buckets) > self.max_buckets:
-                self._sweep(now)
-        return ok, now, diff
-
-    def run_many_sync(self, effects: list[Hits]) -> list[Deny | None]:
-        if len(effects) == 1:
-            e = effects[0]
-            levels = e.levels
-            if not e.detail and not e.quotas and len(levels) == 1 and e.resolve is None:
-                # One policy, one bucket, no headers: the common case, decided inline.
-                ok, now, diff = self._hit_one(levels[0])
-                if ok:
-                    return [None]
-                return _verdicts(effects, (now, False, [(False, diff)], []))
-        return Store.run_many_sync(self, effects)
-
-    #: In-process work that never blocks: the pipeline performs it without a driver hop.
-    inline = True
 
     async def run_many_async(self, effects: list[Hits]) -> list[Deny | None]:
         # Nothing to wait for in memory: the sync path, without a second coroutine.
@@ -674,6 +861,27 @@ class MemoryStore(Store):
 
     def describe(self) -> str:
         return "memory store"
+
+
+# A reused effect compiled for the memory store: key, interval and cap of up to two
+# buckets (``None`` keys when absent), and the quota or ``None``.
+_Program = tuple[str | None, float, float, str | None, float, float, QuotaLevel | None]
+
+
+def _program(levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> _Program | Literal[False]:
+    """The memory store's form of a reused effect; ``False`` for the shapes the general
+    path decides (more than two buckets, one bucket named twice, several quotas)."""
+    if len(levels) > 2 or len(quotas) > 1:
+        return False
+    if len(levels) == 2 and levels[0].key == levels[1].key:
+        return False
+    k1 = k2 = None
+    i1 = c1 = i2 = c2 = 0.0
+    if levels:
+        k1, i1, c1 = levels[0].key, levels[0].interval, levels[0].cap
+    if len(levels) == 2:
+        k2, i2, c2 = levels[1].key, levels[1].interval, levels[1].cap
+    return k1, i1, c1, k2, i2, c2, (quotas[0] if quotas else None)
 
 
 # -- Redis ------------------------------------------------------------------------------------
@@ -1123,8 +1331,9 @@ def get_store(spec: str | Store, field: str = "storage") -> Store:
 
     ``memory://`` is one :class:`MemoryStore` per process (every middleware naming it shares
     it, as every process naming one Redis shares that); Redis URIs give a
-    :class:`RedisStore`. Other ``limits`` schemes (memcached, MongoDB) have no scripting
-    and are refused with :class:`ConfigurationError`.
+    :class:`RedisStore`, ``memcached://`` URIs a
+    :class:`~apigw_mw.traffic.memcached.MemcachedStore` (compare-and-set). Other ``limits``
+    schemes (MongoDB) are refused with :class:`ConfigurationError`.
     """
     if isinstance(spec, Store):
         return spec
@@ -1144,11 +1353,18 @@ def get_store(spec: str | Store, field: str = "storage") -> Store:
                 raise ConfigurationError(
                     field, "Redis storage needs the redis package: pip install 'apigw-mw[redis]'"
                 ) from exc
+        elif scheme == "memcached":
+            from .memcached import MemcachedStore
+
+            try:
+                store = MemcachedStore(spec)
+            except ConfigurationError as exc:  # the URI's fault: name the caller's field
+                raise ConfigurationError(field, exc.message) from exc
         else:
             raise ConfigurationError(
                 field,
-                f"{scheme}:// cannot hold token buckets (no server-side scripting); "
-                "use memory:// or a Redis URI",
+                f"{scheme}:// cannot hold token buckets (no server-side scripting, no "
+                "compare-and-set); use memory://, a Redis URI or memcached://",
             )
         _stores[spec] = store
         return store
