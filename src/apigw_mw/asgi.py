@@ -7,7 +7,14 @@ import math
 import os
 import sys
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    MutableMapping,
+    Sequence,
+)
 from functools import partial
 from threading import get_ident as _get_ident
 from time import perf_counter as _perf_counter
@@ -59,39 +66,41 @@ class _Body:
     def read_sync(self) -> bytes:  # pragma: no cover - ASGI bodies are read with await
         raise RuntimeError("an ASGI body is read by the async driver")
 
-    async def read_async(self) -> bytes:
-        message = await self.receive()
-        # The common case: the whole body in one message.
-        if message["type"] == "http.request" and not message.get("more_body", False):
-            body: bytes = message.get("body", b"")
-            if self.limit is not None and len(body) > self.limit:
-                raise BodyTooLarge
-            return body
-        return await self._read_rest(message)
+    def read_async(self) -> Coroutine[Any, Any, bytes]:
+        return _read_body(self.receive, self.limit)
 
-    async def _read_rest(self, message: Message) -> bytes:
-        """The rest of a body sent in several messages; ``message`` is the first one."""
-        chunks: list[bytes] = []
-        size = 0
-        limit = self.limit
-        first = True
-        while True:
-            if not first:
-                message = await self.receive()
-            first = False
-            kind = message["type"]
-            if kind == "http.disconnect":
-                raise ClientDisconnect
-            if kind != "http.request":
-                continue
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    raise BodyTooLarge
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+
+async def _read_body(receive: Receive, limit: int | None) -> bytes:
+    """The whole request body from ``receive``, within ``limit`` bytes (else
+    :class:`BodyTooLarge`); :class:`ClientDisconnect` when the client goes away."""
+    message = await receive()
+    # The common case: the whole body in one message.
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")
+        if limit is not None and len(body) > limit:
+            raise BodyTooLarge
+        return body
+    # The rest of a body sent in several messages.
+    chunks: list[bytes] = []
+    size = 0
+    first = True
+    while True:
+        if not first:
+            message = await receive()
+        first = False
+        kind = message["type"]
+        if kind == "http.disconnect":
+            raise ClientDisconnect
+        if kind != "http.request":
+            continue
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 class _ScopeRequest(Request):
@@ -243,15 +252,7 @@ class GatewayMiddleware:
                         # A flow waits for the body: read it here, without the effect
                         # machinery, and run on.
                         try:
-                            message = await receive()
-                            if message["type"] == "http.request" and not message.get(
-                                "more_body", False
-                            ):
-                                body = message.get("body", b"")
-                                if gw.max_body_size is not None and len(body) > gw.max_body_size:
-                                    raise BodyTooLarge
-                            else:
-                                body = await _Body(receive, gw.max_body_size)._read_rest(message)
+                            body = await _read_body(receive, gw.max_body_size)
                         except BodyTooLarge:
                             outcome = pipeline.too_large(outcome)
                         else:

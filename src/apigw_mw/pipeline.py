@@ -237,6 +237,8 @@ class _Plan:
         response_hooks: list[Any],
         request_hooks: list[Any] | None = None,
         complete_hooks: list[Any] | None = None,
+        *,
+        variant: bool = False,
     ) -> None:
         self.phases = phases
         self.response_hooks = response_hooks
@@ -249,30 +251,42 @@ class _Plan:
             inspect.isgeneratorfunction(getattr(p, "flow", None)) for ph in phases for p in ph
         )
         # Some flows run only for some methods: ``for_method`` gives the plan without them.
-        self.method_bound = any(
+        named: set[str] = set()
+        for ph in phases:
+            for p in ph:
+                methods = getattr(p, "flow_methods", None)
+                if methods is not None:
+                    named.update(methods)
+        self.method_bound = not variant and any(
             getattr(p, "flow_methods", None) is not None for ph in phases for p in ph
         )
+        # One variant per method some flow names, and one for every other method: built
+        # here, so that no request (whatever method it sends) builds a plan.
         self._by_method: dict[str, _Plan] = {}
+        if self.method_bound:
+            for method in (*named, ""):
+                self._by_method[method] = self._without_flows_for(method)
+
+    def _without_flows_for(self, method: str) -> _Plan:
+        phases = [
+            kept
+            for ph in self.phases
+            if (
+                kept := [
+                    p
+                    for p in ph
+                    if getattr(p, "flow_methods", None) is None or method in p.flow_methods
+                ]
+            )
+        ]
+        return _Plan(
+            phases, self.response_hooks, self.request_hooks, self.complete_hooks, variant=True
+        )
 
     def for_method(self, method: str) -> _Plan:
         """This plan without the flows that do not run for ``method``."""
         plan = self._by_method.get(method)
-        if plan is None:
-            phases = [
-                kept
-                for ph in self.phases
-                if (
-                    kept := [
-                        p
-                        for p in ph
-                        if getattr(p, "flow_methods", None) is None or method in p.flow_methods
-                    ]
-                )
-            ]
-            plan = _Plan(phases, self.response_hooks, self.request_hooks, self.complete_hooks)
-            if len(self._by_method) < 16:  # methods are few; odd ones are not kept
-                self._by_method[method] = plan
-        return plan
+        return self._by_method[""] if plan is None else plan
 
 
 class Pipeline:
@@ -423,23 +437,7 @@ class Pipeline:
         for :meth:`finish_async`. Saves a coroutine when every flow is plain."""
         if not plan.simple or ctx.policy_trace is not None:
             return _Pending(-1, 0, None, None)
-        # _run_simple from the start, unrolled: the common case of every request.
-        for i, policies in enumerate(plan.phases):
-            for j, policy in enumerate(policies):
-                try:
-                    result = policy.flow(request, ctx)
-                except (ClientDisconnect, BodyTooLarge):
-                    raise
-                except Exception as exc:
-                    return _policy_failed(policy, exc)
-                if result is not None:
-                    if type(result) is GeneratorType:
-                        outcome = _begin_flow(i, j, policy, result, ctx, j == len(policies) - 1)
-                    else:
-                        outcome = _terminal(result, ctx, policy)
-                    if outcome is not None:
-                        return outcome
-        return None
+        return _run_simple(plan, request, ctx, 0, 0)
 
     def resume(
         self,
@@ -576,11 +574,9 @@ def _run_simple(
     plan: _Plan, request: Request, ctx: RequestContext, phase: int, position: int
 ) -> Outcome | _Pending:
     """Run a plan of plain flows from ``(phase, position)``: no generators, no batches."""
-    phases = plan.phases
-    for i in range(phase, len(phases)):
-        policies = phases[i]
-        for j in range(position if i == phase else 0, len(policies)):
-            policy = policies[j]
+    for i, policies in enumerate(plan.phases[phase:] if phase else plan.phases, phase):
+        first = position if i == phase else 0
+        for j, policy in enumerate(policies[first:] if first else policies, first):
             try:
                 result = policy.flow(request, ctx)
             except (ClientDisconnect, BodyTooLarge):

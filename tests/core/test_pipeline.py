@@ -421,3 +421,14 @@ def test_flow_methods_limit_the_flow_not_the_hooks(make_client, routes):
     assert r.status_code == 204
     assert r.headers["x-answered"] == "gateway"
     assert log == ["flow OPTIONS", "hook OPTIONS"]
+
+
+def test_flow_methods_with_methods_no_flow_names(make_client):
+    log: list[str] = []
+    client = make_client([_OptionsOnly(log), Tag("after", Phase.VALIDATE, log=log)])
+    for method in ("PURGE", "BREW", "DELETE", "PURGE"):
+        r = client.request(method, "/x")
+        assert "x-answered" not in r.headers  # the app answered (its own 405 for odd ones)
+        assert r.headers["x-hooked"] == "1"
+    expected = [["after", f"hook {m}"] for m in ("PURGE", "BREW", "DELETE", "PURGE")]
+    assert log == [entry for pair in expected for entry in pair]

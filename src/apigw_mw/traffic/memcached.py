@@ -46,8 +46,8 @@ from .storage import (
     Level,
     QuotaLevel,
     Raw,
-    Store,
     _close_on_shutdown,
+    _ServerStore,
     decide_levels,
     period_bounds,
 )
@@ -429,7 +429,7 @@ if hasattr(os, "register_at_fork"):
 # -- the store --------------------------------------------------------------------------------
 
 
-class MemcachedStore(Store):
+class MemcachedStore(_ServerStore):
     """Token buckets and quotas in memcached, shared by every process and host using it.
 
     Each phase costs two round trips when it admits (a ``gets`` of all its keys, then one
@@ -481,25 +481,15 @@ class MemcachedStore(Store):
             raise ConfigurationError(
                 "prefix", "must be at most 100 printable ASCII characters without spaces"
             )
-        for name, value in (
-            ("timeout", timeout),
-            ("retry_interval", retry_interval),
-            ("log_interval", log_interval),
-        ):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigurationError(name, "must be a non-negative number of seconds")
+        self._options(timeout, retry_interval, log_interval, clock)
         if timeout == 0:
             raise ConfigurationError("timeout", "must be more than 0 seconds")
         if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
             raise ConfigurationError("attempts", "must be an int of at least 1")
-        if clock is not None and not callable(clock):
-            raise ConfigurationError("clock", "must be a callable returning epoch seconds")
         self.uri = uri
         self.prefix = prefix
         self.timeout = timeout
         self.attempts = attempts
-        self.retry_interval = retry_interval
-        self.log_interval = log_interval
         self.clock = clock if clock is not None else time.time
         self.retries = 0
         self.servers = [_Server(a, timeout) for a in addresses]
@@ -529,6 +519,8 @@ class MemcachedStore(Store):
         self._state_lock = threading.Lock()
         self._loops = weakref.WeakKeyDictionary()
         self._last = None
+
+    server_name = "memcached"
 
     def describe(self) -> str:
         return f"memcached store {self.uri}"
@@ -730,14 +722,6 @@ class MemcachedStore(Store):
 
     # Drivers ----------------------------------------------------------------------------------
 
-    def _gate(self) -> None:
-        if time.monotonic() < self._down_until:
-            raise StorageError("memcached marked unavailable; retrying shortly")
-
-    def _down(self, exc: BaseException) -> StorageError:
-        self._down_until = time.monotonic() + self.retry_interval
-        return StorageError(f"{type(exc).__name__}: {exc}")
-
     def _drive_sync(self, stripes: list[int], flow: Generator[Any, Any, T]) -> T:
         if self._down_until > -math.inf:
             self._gate()
@@ -838,16 +822,6 @@ class MemcachedStore(Store):
         plan = self._prepared(effect, levels, quotas)
         flow = self._phase(plan, levels, quotas, detail)
         return await self._drive_async(plan.stripes, flow)
-
-    def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
-        raw = self.decide_sync(None, levels, quotas, True)
-        assert raw is not None
-        return raw
-
-    async def check_async(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
-        raw = await self.decide_async(None, levels, quotas, True)
-        assert raw is not None
-        return raw
 
     def _one(self, key: str, request: bytes, expect: int) -> Any:
         server = self.servers[self.server_of(key)]

@@ -1135,7 +1135,55 @@ async def _close_on_shutdown(client: Any) -> AsyncGenerator[None, None]:
             await client.aclose()
 
 
-class RedisStore(Store):
+class _ServerStore(Store):
+    """What the stores kept on a server share: their timing options, the pause after an
+    outage, and detailed checks made through ``decide_*``."""
+
+    #: How outages name the server in errors and logs.
+    server_name = "the store"
+
+    def _options(
+        self,
+        timeout: float,
+        retry_interval: float,
+        log_interval: float,
+        clock: Callable[[], float] | None,
+    ) -> None:
+        """Check and keep the options every server store takes."""
+        for name, value in (
+            ("timeout", timeout),
+            ("retry_interval", retry_interval),
+            ("log_interval", log_interval),
+        ):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ConfigurationError(name, "must be a non-negative number of seconds")
+        if clock is not None and not callable(clock):
+            raise ConfigurationError("clock", "must be a callable returning epoch seconds")
+        self.retry_interval = retry_interval
+        self.log_interval = log_interval
+
+    def _gate(self) -> None:
+        """Refuse at once while the server is marked down (``retry_interval``)."""
+        if time.monotonic() < self._down_until:
+            raise StorageError(f"{self.server_name} marked unavailable; retrying shortly")
+
+    def _down(self, exc: BaseException) -> StorageError:
+        """Mark the server down for ``retry_interval`` and describe the failure."""
+        self._down_until = time.monotonic() + self.retry_interval
+        return StorageError(f"{type(exc).__name__}: {exc}")
+
+    def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        raw = self.decide_sync(None, levels, quotas, True)
+        assert raw is not None
+        return raw
+
+    async def check_async(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
+        raw = await self.decide_async(None, levels, quotas, True)
+        assert raw is not None
+        return raw
+
+
+class RedisStore(_ServerStore):
     """Token buckets and quotas in Redis, shared by every process and host using it.
 
     Args:
@@ -1169,17 +1217,9 @@ class RedisStore(Store):
         super().__init__()
         if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
             raise ConfigurationError("prefix", "must be a string without braces")
-        for name, value in (
-            ("timeout", timeout),
-            ("retry_interval", retry_interval),
-            ("log_interval", log_interval),
-        ):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigurationError(name, "must be a non-negative number of seconds")
+        self._options(timeout, retry_interval, log_interval, clock)
         self.uri = uri
         self.prefix = prefix
-        self.retry_interval = retry_interval
-        self.log_interval = log_interval
         self.clock = clock
         # ``limits`` joins its key prefix and a key with ":"; window keys then start with
         # ``prefix`` as this store's own keys do.
@@ -1190,6 +1230,8 @@ class RedisStore(Store):
 
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
         self._noscript = NoScriptError
+
+    server_name = "Redis"
 
     def describe(self) -> str:
         return f"Redis store {_safe_uri(self.uri)}"
@@ -1236,14 +1278,6 @@ class RedisStore(Store):
         ]
         return now, reply[1] == 1, bres, qres
 
-    def _gate(self) -> None:
-        if time.monotonic() < self._down_until:
-            raise StorageError("Redis marked unavailable; retrying shortly")
-
-    def _down(self, exc: BaseException) -> StorageError:
-        self._down_until = time.monotonic() + self.retry_interval
-        return StorageError(f"{type(exc).__name__}: {exc}")
-
     def decide_sync(
         self,
         effect: Hits | None,
@@ -1285,16 +1319,6 @@ class RedisStore(Store):
         except self._errors as exc:
             raise self._down(exc) from exc
         return self._raw(reply, len(levels), len(quotas))
-
-    def check_sync(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
-        raw = self.decide_sync(None, levels, quotas, True)
-        assert raw is not None
-        return raw
-
-    async def check_async(self, levels: Sequence[Level], quotas: Sequence[QuotaLevel]) -> Raw:
-        raw = await self.decide_async(None, levels, quotas, True)
-        assert raw is not None
-        return raw
 
     def quota_used(self, key: str, kind: int, offset: int) -> int:
         try:
