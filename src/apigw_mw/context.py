@@ -237,6 +237,8 @@ class RequestContext:
     #: ``(policy, start_ns, end_ns, decision)`` for each policy it runs.
     policy_trace: list[tuple[Any, int, int, Any]] | None = None
     _extended_id: str | None = None
+    # ``extra``, while an observer records traffic decisions (``traffic.bucket.WATCHED``).
+    _apigw_watched: dict[str, Any] | None = None
 
     def __init__(
         self,

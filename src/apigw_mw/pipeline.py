@@ -104,7 +104,9 @@ class Policy(Protocol):
             every request.
 
     Methods:
-        flow(request, context): the decision; a generator when it needs I/O.
+        flow(request, context): the decision; a generator when it needs I/O; or one
+            effect, whose outcome is then the decision (``return effect`` reads as
+            ``return (yield effect)``, without a generator).
         bind(settings): called once per middleware with the gateway-wide
             :class:`GatewaySettings`; returns the object to run (usually ``self``).
         on_response(request, context, head): optional; edit the outgoing
@@ -587,11 +589,51 @@ def _run_simple(
                 continue
             if type(result) is GeneratorType:
                 outcome = _begin_flow(i, j, policy, result, ctx, j == len(policies) - 1)
-            else:
+            elif isinstance(result, _DECISIONS) or not hasattr(result, "run_sync"):
                 outcome = _terminal(result, ctx, policy)
+            else:
+                outcome = _begin_effect(i, j, policy, result, ctx, j == len(policies) - 1)
             if outcome is not None:
                 return outcome
     return None
+
+
+_DECISIONS = (Deny, Allow, Respond)
+
+
+def _yielding(effect: Any) -> Generator[Any, Any, Any]:
+    """The flow a flow that returned ``effect`` stands for: ``return (yield effect)``."""
+    return (yield effect)
+
+
+def _begin_effect(
+    i: int, j: int, policy: Any, effect: Any, ctx: RequestContext, alone: bool
+) -> Outcome | _Pending:
+    """A flow returned an effect, whose outcome is its decision: performed on the spot when
+    it is inline (or, last of its phase, its batcher is), else a :class:`_Pending`."""
+    batcher = getattr(effect, "batcher", None)
+    try:
+        if batcher is None:
+            if not getattr(effect, "inline", False):
+                return _pending_effect(i, j, policy, effect)
+            value = effect.run_sync()
+        elif alone and getattr(batcher, "inline", False):
+            value = batcher.run_many_sync([effect])[0]
+            if isinstance(value, BaseException):
+                return _policy_failed(policy, value)
+        else:
+            return _pending_effect(i, j, policy, effect)
+    except (ClientDisconnect, BodyTooLarge):
+        raise
+    except Exception as exc:
+        return _policy_failed(policy, exc)
+    return _terminal(value, ctx, policy)
+
+
+def _pending_effect(i: int, j: int, policy: Any, effect: Any) -> _Pending:
+    gen = _yielding(effect)
+    next(gen)
+    return _Pending(i, j, policy, gen, effect)
 
 
 def _begin_flow(
@@ -833,7 +875,9 @@ def _run_phase(
             except Exception as exc:
                 _close(waiting)
                 return _policy_failed(policy, exc)
-        if type(result) is not GeneratorType:
+        if type(result) is not GeneratorType and (
+            isinstance(result, _DECISIONS) or not hasattr(result, "run_sync")
+        ):
             decision = _terminal(result, ctx, policy)
             if tracing:
                 _record(ctx, policy, started, decision)
@@ -841,6 +885,8 @@ def _run_phase(
                 _close(waiting)
                 return decision
             continue
+        if type(result) is not GeneratorType:
+            result = _yielding(result)  # a flow that returned an effect
         state, value = yield from _advance(policy, result, None, False)
         if state == "wait":
             waiting.append(_Suspended(policy, result, value, started))

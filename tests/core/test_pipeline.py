@@ -385,6 +385,99 @@ def test_a_batcher_that_raises_fails_every_effect_of_its_batch(make_client, capl
     assert r.json() == {"message": "storage down"}
 
 
+# -- flows that return an effect ------------------------------------------------------------
+
+
+class Verdict:
+    """A batched effect whose outcome is a decision: a Deny once its key passed ``limit``."""
+
+    def __init__(self, batcher: Any, key: str, limit: int) -> None:
+        self.batcher, self.key, self.limit = batcher, key, limit
+
+    def run_sync(self) -> Any:  # pragma: no cover - batched effects go through the batcher
+        raise AssertionError("performed alone")
+
+    async def run_async(self) -> Any:  # pragma: no cover
+        raise AssertionError("performed alone")
+
+
+class Verdicts(Counter):
+    """Counts like :class:`Counter` and answers each effect with its decision."""
+
+    def __init__(self, *, inline: bool) -> None:
+        super().__init__()
+        self.inline = inline
+
+    def _apply(self, effects: list[Any]) -> list[Any]:
+        counts = super()._apply(effects)
+        return [
+            c if isinstance(c, BaseException) else (Deny("THROTTLED") if c > e.limit else None)
+            for c, e in zip(counts, effects)
+        ]
+
+
+class Returns(BasePolicy):
+    """``return effect``: no generator."""
+
+    phase = Phase.THROTTLE
+
+    def __init__(self, effect: Any, phase: Phase = Phase.THROTTLE) -> None:
+        super().__init__()
+        self.effect = effect
+        self.phase = phase  # type: ignore[misc]
+
+    def flow(self, request: Any, context: Any) -> Any:
+        return self.effect
+
+
+class Yields(Returns):
+    """The same, as a generator: ``return (yield effect)``."""
+
+    def flow(self, request: Any, context: Any) -> Any:
+        return (yield self.effect)
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline batcher", "awaited batcher"])
+def test_a_returned_effect_decides_like_a_yielded_one(make_client, inline):
+    verdicts = Verdicts(inline=inline)
+    client = make_client([Returns(Verdict(verdicts, "stage", 2))])
+    assert [client.get("/x").status_code for _ in range(3)] == [200, 200, 429]
+    r = client.get("/x")
+    assert r.json() == {"message": "Too Many Requests"}
+    assert r.seen == []
+    assert verdicts.batches == [["stage"]] * 4
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline batcher", "awaited batcher"])
+def test_returned_and_yielded_effects_of_a_phase_share_one_batch(make_client, inline):
+    verdicts = Verdicts(inline=inline)
+    policies = [Returns(Verdict(verdicts, "stage", 1)), Yields(Verdict(verdicts, "route", 10))]
+    client = make_client(policies)
+    assert client.get("/x").status_code == 200
+    r = client.get("/x")
+    assert r.status_code == 429
+    assert r.seen == []
+    assert verdicts.batches == [["stage", "route"], ["stage", "route"]]
+
+
+def test_returned_effects_that_fail_answer_500(make_client, caplog):
+    broken = Verdicts(inline=True)
+    r = make_client([Returns(Verdict(broken, "broken", 1))]).get("/x")
+    assert r.status_code == 500
+    assert r.json() == {"message": "Internal server error"}
+    assert r.seen == []
+    r = make_client([Returns(Call(_fails), Phase.AUTHORIZE)]).get("/x")
+    assert r.status_code == 500
+    assert r.seen == []
+
+
+def test_a_returned_call_is_performed_by_the_adapter(make_client):
+    allow = Allow(authorizer={"who": "call"})
+    r = make_client([Returns(Call(lambda: allow), Phase.AUTHORIZE)]).get("/x")
+    assert r.status_code == 200
+    assert r.json()["context"]["authorizer"] == {"who": "call"}
+
+
 # -- flows bound to methods ----------------------------------------------------------------
 
 

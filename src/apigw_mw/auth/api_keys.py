@@ -24,7 +24,7 @@ from ..effects import Call
 from ..exceptions import ConfigurationError, StorageError
 from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
 from ..responses import Deny
-from ..traffic.bucket import _wait, limited_route, write_headers
+from ..traffic.bucket import _decide, limited_route, write_headers
 from ..traffic.storage import Hits, RedisClients, Store, get_store
 
 if TYPE_CHECKING:
@@ -693,7 +693,9 @@ class _BoundApiKeyAuth:
         decision = self._admit(key, request, ctx)
         if decision is None or isinstance(decision, Deny):
             return decision
-        return (yield from decision)
+        if isinstance(decision, Generator):
+            return (yield from decision)
+        return (yield decision)  # the plan's effect, whose outcome is the decision
 
     def _admit(
         self, key: ApiKey | None, request: Request, ctx: RequestContext
@@ -719,7 +721,7 @@ class _BoundApiKeyAuth:
             return None
         if self.headers:
             effect = Hits(self.store, effect.levels, effect.quotas, self, ctx)
-        return _wait(effect, ctx)
+        return _decide(effect, ctx)
 
     def _plan_entry(self, key: ApiKey, plan: UsagePlan, key_id: str) -> _PlanEntry:
         """The key's cache entry, made afresh (first use, or its plan or id changed)."""
@@ -809,4 +811,4 @@ class _HeaderApiKeys(_BoundApiKeyAuth):
             return None
         if self.headers:
             effect = Hits(self.store, effect.levels, effect.quotas, self, ctx)
-        return _wait(effect, ctx)
+        return _decide(effect, ctx)

@@ -114,6 +114,14 @@ def limited_route(
 WATCHED: Final = "_apigw_watched"
 
 
+def _decide(effect: Any, ctx: RequestContext) -> Any:
+    """What a traffic flow returns: the effect, whose outcome is the decision, or, for a
+    request an observer records, a flow that also notes the admission."""
+    if ctx._apigw_watched is None:
+        return effect
+    return _wait(effect, ctx)
+
+
 def _wait(effect: Any, ctx: RequestContext) -> Generator[Any, Any, Deny | None]:
     # A failed store is thrown in at the ``yield`` (the effect protocol), never sent.
     outcome = yield effect
@@ -409,14 +417,14 @@ class _BoundThrottle:
             if effect is None:
                 effect = self._cached(route, ip)
         elif kind == "api_key":
-            return _wait(self._by_key(route, ctx), ctx)
+            return _decide(self._by_key(route, ctx), ctx)
         else:
             assert self._func is not None
             value = self._func(request)
             if value is None:
                 return None
             effect = self._cached(route, str(value))
-        return _wait(effect if not self.headers else self._for(effect, ctx), ctx)
+        return _decide(effect if not self.headers else self._for(effect, ctx), ctx)
 
     def _by_key(self, route: str | None, ctx: RequestContext) -> Any:
         """An effect whose bucket is known once the API key check of the phase has run."""
@@ -463,7 +471,7 @@ class _StageThrottle(_BoundThrottle):
 
     def flow(self, request: Request, ctx: RequestContext) -> Generator[Any, Any, Deny | None]:
         effect = self._stage_effect
-        return _wait(effect if not self.headers else self._for(effect, ctx), ctx)
+        return _decide(effect if not self.headers else self._for(effect, ctx), ctx)
 
 
 class _RouteThrottle(_BoundThrottle):
@@ -480,7 +488,7 @@ class _RouteThrottle(_BoundThrottle):
         if effect is None:
             # Route keys come from the declared routes: a bounded set.
             effect = self._routes[rk] = self._one(self._prefix + (rk or "$default"))
-        return _wait(effect if not self.headers else self._for(effect, ctx), ctx)
+        return _decide(effect if not self.headers else self._for(effect, ctx), ctx)
 
 
 class _ClientThrottle(_BoundThrottle):
@@ -502,7 +510,7 @@ class _ClientThrottle(_BoundThrottle):
         effect = self._by_client.get(ip)
         if effect is None:
             effect = self._client(ip)
-        return _wait(effect if not self.headers else self._for(effect, ctx), ctx)
+        return _decide(effect if not self.headers else self._for(effect, ctx), ctx)
 
     def _client(self, ip: str) -> Hits:
         effect = single_hit(self.store, self._client_prefix + ip, self._default, self)
