@@ -25,7 +25,7 @@ from types import GeneratorType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from .context import Identity
-from .effects import ReadBody
+from .effects import Effect, ReadBody
 from .exceptions import ConfigurationError, GatewayError
 from .responses import Allow, Deny, Respond
 from .routes import RouteMatch, RoutePattern, Router, Stage
@@ -126,7 +126,7 @@ class Policy(Protocol):
     @property
     def routes(self) -> tuple[str, ...] | None: ...
 
-    def flow(self, request: Request, context: RequestContext) -> Decision | Flow: ...
+    def flow(self, request: Request, context: RequestContext) -> Decision | Flow | Effect[Any]: ...
 
     def bind(self, settings: GatewaySettings) -> Policy: ...
 

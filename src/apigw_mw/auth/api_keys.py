@@ -24,7 +24,7 @@ from ..effects import Call
 from ..exceptions import ConfigurationError, StorageError
 from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
 from ..responses import Deny
-from ..traffic.bucket import _decide, limited_route, write_headers
+from ..traffic.bucket import TrafficFlow, _decide, limited_route, write_headers
 from ..traffic.storage import Hits, RedisClients, Store, get_store
 
 if TYPE_CHECKING:
@@ -643,7 +643,7 @@ class _BoundApiKeyAuth:
     def _on_response(self, request: Request, ctx: RequestContext, head: ResponseHead) -> None:
         write_headers(ctx, self.header_slot, head)
 
-    def flow(self, request: Request, ctx: RequestContext) -> Deny | Flow | None:
+    def flow(self, request: Request, ctx: RequestContext) -> Deny | Flow | TrafficFlow | None:
         header = self._header
         if header is not None:
             value = _presented(request, header, self._raw_header, self._cgi_header)
@@ -695,11 +695,12 @@ class _BoundApiKeyAuth:
             return decision
         if isinstance(decision, Generator):
             return (yield from decision)
-        return (yield decision)  # the plan's effect, whose outcome is the decision
+        outcome: Deny | None = yield decision  # the plan's effect: its outcome decides
+        return outcome
 
     def _admit(
         self, key: ApiKey | None, request: Request, ctx: RequestContext
-    ) -> Deny | Flow | None:
+    ) -> Deny | Flow | TrafficFlow | None:
         if key is None or not key.enabled:
             return _FORBIDDEN
         key_id = key.id
@@ -757,7 +758,7 @@ class _HeaderApiKeys(_BoundApiKeyAuth):
         self._by_digest = spec.keys._by_digest
         self._size = len(self._raw_header)
 
-    def flow(self, request: Request, ctx: RequestContext) -> Deny | Flow | None:
+    def flow(self, request: Request, ctx: RequestContext) -> Deny | Flow | TrafficFlow | None:
         raw: Any = request.raw
         if type(raw) is dict and raw.get("type") == "http" and "wsgi.input" not in raw:
             # The ASGI scope's header list (what ``_presented`` reads, inline).

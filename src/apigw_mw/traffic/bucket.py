@@ -9,6 +9,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from ..effects import Effect
 from ..exceptions import ConfigurationError
 from ..pipeline import BasePolicy, GatewaySettings, Phase, Policy, ResponseHead
 from ..responses import Deny
@@ -114,7 +115,11 @@ def limited_route(
 WATCHED: Final = "_apigw_watched"
 
 
-def _decide(effect: Any, ctx: RequestContext) -> Any:
+#: What a traffic flow returns: its effect (whose outcome is the decision), or a generator.
+TrafficFlow = Generator[Any, Any, "Deny | None"] | Effect[Any]
+
+
+def _decide(effect: Effect[Any], ctx: RequestContext) -> TrafficFlow:
     """What a traffic flow returns: the effect, whose outcome is the decision, or, for a
     request an observer records, a flow that also notes the admission."""
     if ctx._apigw_watched is None:
@@ -392,9 +397,7 @@ class _BoundThrottle:
             )
         return Hits(self.store, effect.levels, (), self, ctx)
 
-    def flow(
-        self, request: Request, ctx: RequestContext
-    ) -> Generator[Any, Any, Deny | None] | None:
+    def flow(self, request: Request, ctx: RequestContext) -> TrafficFlow | None:
         kind = self._kind
         route = (
             limited_route(request, ctx, self._limits, self._router, self.stage)
@@ -469,7 +472,7 @@ class _StageThrottle(_BoundThrottle):
         super().__init__(spec, store, settings)
         self._stage_effect = self._one(self._prefix)
 
-    def flow(self, request: Request, ctx: RequestContext) -> Generator[Any, Any, Deny | None]:
+    def flow(self, request: Request, ctx: RequestContext) -> TrafficFlow:
         effect = self._stage_effect
         return _decide(effect if not self.headers else self._for(effect, ctx), ctx)
 
@@ -482,7 +485,7 @@ class _RouteThrottle(_BoundThrottle):
         super().__init__(spec, store, settings)
         self._routes: dict[str | None, Hits] = {}
 
-    def flow(self, request: Request, ctx: RequestContext) -> Generator[Any, Any, Deny | None]:
+    def flow(self, request: Request, ctx: RequestContext) -> TrafficFlow:
         rk = ctx.route_key
         effect = self._routes.get(rk)
         if effect is None:
@@ -501,9 +504,7 @@ class _ClientThrottle(_BoundThrottle):
         self._default = self._specs[None]
         self._by_client: dict[str, Hits] = {}
 
-    def flow(
-        self, request: Request, ctx: RequestContext
-    ) -> Generator[Any, Any, Deny | None] | None:
+    def flow(self, request: Request, ctx: RequestContext) -> TrafficFlow | None:
         ip = ctx.identity.source_ip
         if ip is None:
             return None

@@ -1322,14 +1322,13 @@ class RedisStore(_ServerStore):
 
     def quota_used(self, key: str, kind: int, offset: int) -> int:
         try:
-            pipe = self.clients.sync().pipeline(transaction=False)
-            pipe.time()
-            pipe.get(self.prefix + key)
-            (secs, _us), value = pipe.execute()
+            # One script: on Redis Cluster it runs on the node that holds the key, whose
+            # clock the decisions read too (a pipeline cannot carry TIME there).
+            reply = self.clients.sync().eval(_QUOTA_READ, 1, self.prefix + key)
         except self._errors as exc:
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
-        if self.clock is not None:
-            secs = self.clock()
+        secs = self.clock() if self.clock is not None else int(reply[0])
+        value = reply[1] if len(reply) > 1 else None
         start, _ = period_bounds(int(secs) // 86400, kind, offset)
         if value is None:
             return 0
@@ -1341,6 +1340,11 @@ class RedisStore(_ServerStore):
             self.clients.sync().delete(self.prefix + key)
         except self._errors as exc:
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+
+
+# The server's time in seconds and a quota's stored value (``false``, hence ``None``, when
+# there is none).
+_QUOTA_READ: Final = "return {redis.call('TIME')[1], redis.call('GET', KEYS[1])}"
 
 
 # -- choosing a store from a URI ----------------------------------------------------------

@@ -1,0 +1,254 @@
+"""Token buckets and quotas on a real Redis Cluster (``redis+cluster://``): the shared
+semantics tables, one script per phase (each phase's keys share a hash slot), and state
+shared by separate gateways."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from apigw_mw import (
+    ApiKey,
+    ApiKeyAuth,
+    ApiKeys,
+    Quota,
+    RedisStore,
+    Throttle,
+    TokenBucket,
+    UsageAdmin,
+    UsagePlan,
+)
+
+from .conftest import FakeClock
+
+# The shared tables run here again on the cluster, through the ``store`` fixture below.
+from .test_semantics import (  # noqa: F401
+    test_headers_on_throttle,
+    test_no_headers_unless_asked,
+    test_quota_header_values_and_admin,
+    test_semantics,
+)
+
+redis = pytest.importorskip("redis")
+
+ALICE = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
+
+
+def _need_binaries() -> None:
+    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
+    if not missing:
+        return
+    message = f"{' and '.join(missing)} not installed: the Redis Cluster tests start their own"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    sys.stderr.write(f"\n*** SKIPPING: {message} ***\n")
+    pytest.skip(message)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _node_port(taken: list[int]) -> int:
+    """A free port whose cluster-bus twin (the port + 10000) is free too."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 30000)
+        if port not in taken and _bindable(port) and _bindable(port + 10000):
+            return port
+
+
+class RedisCluster:
+    """Three cluster-mode ``redis-server`` masters on free 127.0.0.1 ports, all slots
+    assigned, started and stopped by the tests."""
+
+    def __init__(self) -> None:
+        self.ports: list[int] = []
+        for _ in range(3):
+            self.ports.append(_node_port(self.ports))
+        self.dir = tempfile.TemporaryDirectory(prefix="apigw-mw-cluster-")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start(self) -> None:
+        for port in self.ports:
+            node_dir = os.path.join(self.dir.name, str(port))
+            os.mkdir(node_dir)
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--port", str(port),
+                        "--bind", "127.0.0.1",
+                        "--cluster-enabled", "yes",
+                        "--cluster-config-file", os.path.join(node_dir, "nodes.conf"),
+                        "--dir", node_dir,
+                        "--save", "",
+                        "--appendonly", "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        for port in self.ports:
+            self._wait(lambda port=port: redis.Redis(host="127.0.0.1", port=port).ping())
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        for port in self.ports:
+            self._wait(lambda port=port: self._state(port) == "ok")
+
+    @staticmethod
+    def _state(port: int) -> str:
+        info = redis.Redis(host="127.0.0.1", port=port).execute_command("CLUSTER INFO")
+        return str(info.get("cluster_state"))  # redis-py answers with a mapping
+
+    @staticmethod
+    def _wait(ready: object) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if ready():  # type: ignore[operator]
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test cluster did not come up")
+            time.sleep(0.05)
+
+    def scripts_run(self) -> int:
+        """Scripts run so far, summed over the nodes."""
+        total = 0
+        for port in self.ports:
+            stats = redis.Redis(host="127.0.0.1", port=port).info("commandstats")
+            total += sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+        return total
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.dir.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    _need_binaries()
+    made = RedisCluster()
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"apigw-mw-test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def store(cluster: RedisCluster, prefix: str, clock: FakeClock) -> RedisStore:
+    """The shared semantics tables' store, here the cluster on the fake clock."""
+    return RedisStore(cluster.url, prefix=prefix, clock=clock)
+
+
+def _plan() -> UsagePlan:
+    return UsagePlan(
+        "basic",
+        throttle=TokenBucket(rate=100, burst=100),
+        quota=Quota(1000),
+        route_limits={"GET /pets": TokenBucket(rate=50, burst=50)},
+    )
+
+
+def test_one_script_per_phase(make_client, cluster, prefix) -> None:
+    store = RedisStore(cluster.url, prefix=prefix)
+    client = make_client(
+        [
+            Throttle(TokenBucket(rate=100, burst=100), storage=store),
+            Throttle(TokenBucket(rate=100, burst=100), key="source_ip", storage=store),
+            Throttle(TokenBucket(rate=100, burst=100), key="api_key", storage=store),
+            ApiKeyAuth(ApiKeys([ApiKey(ALICE, plan=_plan())]), storage=store, routes=["GET /pets"]),
+        ]
+    )
+    assert client.get("/pets", headers={"x-api-key": ALICE}).status_code == 200  # warm up
+    before = cluster.scripts_run()
+    for _ in range(3):
+        assert client.get("/pets", headers={"x-api-key": ALICE}).status_code == 200
+    # The route and client throttles share the stage's hash slot, the key's throttle, plan,
+    # route limit and quota the key's: one script for each phase, no CROSSSLOT refusal.
+    assert cluster.scripts_run() - before == 6
+
+
+def test_limits_hold_across_gateways(make_client, cluster, prefix) -> None:
+    # Two gateways with clients of their own (two processes, two hosts) share the cluster.
+    plan = UsagePlan("tight", quota=Quota(3), route_limits={"GET /pets": TokenBucket(0.01, 5)})
+    keys = ApiKeys([ApiKey(ALICE, id="k-alice", plan=plan)])
+
+    def gateway():  # type: ignore[no-untyped-def]
+        store = RedisStore(cluster.url, prefix=prefix)
+        return make_client([ApiKeyAuth(keys, storage=store, routes=["GET /pets"])])
+
+    first, second = gateway(), gateway()
+    alice = {"x-api-key": ALICE}
+    statuses = [c.get("/pets", headers=alice).status_code for c in (first, second, first)]
+    assert statuses == [200, 200, 200]
+    r = second.get("/pets", headers=alice)
+    assert r.status_code == 429
+    assert r.json() == {"message": "Limit Exceeded"}
+    assert r.seen == []
+
+    admin = UsageAdmin(RedisStore(cluster.url, prefix=prefix))
+    assert admin.used(keys.get("k-alice")) == 3
+    admin.reset(keys.get("k-alice"))
+    assert first.get("/pets", headers=alice).status_code == 200
+
+
+def test_keys_of_a_phase_share_one_slot(make_client, cluster, prefix) -> None:
+    store = RedisStore(cluster.url, prefix=prefix)
+    client = make_client(
+        [
+            Throttle(TokenBucket(rate=0.01, burst=10), storage=store),
+            Throttle(TokenBucket(rate=0.01, burst=10), key="source_ip", storage=store),
+            ApiKeyAuth(ApiKeys([ApiKey(ALICE, id="k-a", plan=_plan())]), storage=store),
+        ]
+    )
+    assert client.get("/pets", headers={"x-api-key": ALICE}).status_code == 200
+    nodes = [redis.Redis(host="127.0.0.1", port=p) for p in cluster.ports]
+    keys = [k for node in nodes for k in node.scan_iter(match=prefix + "*", count=500)]
+    slots = {int(nodes[0].execute_command("CLUSTER KEYSLOT", k)) for k in keys}
+    # Two throttles, the plan's throttle, its route limit and the quota: five keys, in two
+    # slots (the stage's and the key's).
+    assert len(keys) == 5
+    assert len(slots) == 2
