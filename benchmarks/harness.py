@@ -2,8 +2,9 @@
 
 Every figure is a ratio against the bare app measured in the same run, in CPU time of the
 benchmark process (so other load on the machine barely moves it): rounds are interleaved
-(each round times every scenario once) and the median per-request time across rounds is
-reported, which keeps a noisy machine from favouring whichever ran first.
+(each round times every scenario once, starting with another one each round, after a few
+untimed requests of its own) and the median per-request time across rounds is reported,
+which keeps a noisy machine, or a scenario's place in the round, from moving a figure.
 
 A benchmark module ``bench_*.py`` exposes ``scenarios() -> list[Scenario]``; ``run.py``
 collects them all and prints one table. Start-up work (loading a definition) is not per
@@ -193,8 +194,11 @@ def run(
             offsets[s.name] = warmup
         gc.collect()
         gc.disable()
-        for _ in range(rounds):
-            for s in items:
+        for r in range(rounds):
+            # Each round starts with another scenario: none is always first after the
+            # collection below.
+            shift = r % len(items)
+            for s in items[shift:] + items[:shift]:
                 # An untimed run first: the scenario's code and data are back in the CPU's
                 # caches, so its place in the round (first after a collection, or after a
                 # scenario that touched other memory) does not move its figure.
