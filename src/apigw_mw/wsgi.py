@@ -203,6 +203,10 @@ class WSGIGatewayMiddleware:
         ):
             limited = _LimitedInput(environ["wsgi.input"], gw.max_body_size)
             environ["wsgi.input"] = limited
+        # The context refers to the environ (through its request view): the environ lets go
+        # of it when the request ends, so that no reference cycle is left for the garbage
+        # collector. A request ends when the server closes the response iterable, or when
+        # the app returns a list (nothing of the app's runs after that) or raises.
         environ["apigw.context"] = ctx
         rid = ("x-amzn-RequestId", request_id)
         hooks = plan.response_hooks
@@ -231,6 +235,7 @@ class WSGIGatewayMiddleware:
         except BaseException:
             if plan.complete_hooks:  # the request ended without a response iterable
                 gw.complete_hooks(plan, request, ctx)
+            environ.pop("apigw.context", None)
             raise
         if limited is not None and limited.exceeded:
             close = getattr(result, "close", None)
@@ -238,8 +243,23 @@ class WSGIGatewayMiddleware:
                 close()
             result = self._answer(_TOO_LARGE, request, ctx, plan, start_response)
         if plan.complete_hooks:
-            return _Observed(result, gw, plan, request, ctx)
-        return result
+            return _Observed(result, gw, plan, request, ctx, environ)
+        if type(result) is list:
+            # The common case first; ``del`` in a ``try`` costs less than ``pop`` (a method
+            # call) or ``contextlib.suppress``.
+            try:  # noqa: SIM105
+                del environ["apigw.context"]
+            except KeyError:  # the app took it away
+                pass
+            return result
+        kind = type(result)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if kind is tuple or (wrapper is not None and kind is wrapper):
+            # A file wrapper is left as it is, so that the server can still send the file
+            # with sendfile(); sending a file runs nothing of the app's.
+            environ.pop("apigw.context", None)
+            return result
+        return _Closing(result, environ)
 
     def _answer(
         self,
@@ -257,17 +277,47 @@ class WSGIGatewayMiddleware:
         return [body]
 
 
+class _Closing:
+    """Wraps the app's response iterable: once the server closes it, the environ lets go of
+    the context."""
+
+    __slots__ = ("_environ", "_result")
+
+    def __init__(self, result: Iterable[bytes], environ: Environ) -> None:
+        self._result = result
+        self._environ = environ
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._environ.pop("apigw.context", None)
+
+
 class _Observed:
-    """Wraps the response iterable: counts bytes and runs ``on_complete`` hooks on close."""
+    """Wraps the response iterable: counts bytes and runs ``on_complete`` hooks on close
+    (then the environ, when given, lets go of the context)."""
 
     def __init__(
-        self, result: Iterable[bytes], gw: Gateway, plan: Any, request: Request, ctx: Any
+        self,
+        result: Iterable[bytes],
+        gw: Gateway,
+        plan: Any,
+        request: Request,
+        ctx: Any,
+        environ: Environ | None = None,
     ) -> None:
         self._result = result
         self._gw = gw
         self._plan = plan
         self._request = request
         self._ctx = ctx
+        self._environ = environ
         self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -285,7 +335,11 @@ class _Observed:
         finally:
             if not self._done:
                 self._done = True
-                self._gw.complete_hooks(self._plan, self._request, self._ctx)
+                try:
+                    self._gw.complete_hooks(self._plan, self._request, self._ctx)
+                finally:
+                    if self._environ is not None:
+                        self._environ.pop("apigw.context", None)
 
 
 def _discard(data: bytes) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import io
 import re
 import time
+from wsgiref.handlers import SimpleHandler
 
 import pytest
+from flask import Flask, Response, request, stream_with_context
 
 from apigw_mw import (
     Allow,
@@ -15,6 +19,7 @@ from apigw_mw import (
     Cors,
     GatewayMiddleware,
     Phase,
+    Request,
     RequestContext,
     RouteTable,
     Stage,
@@ -22,6 +27,7 @@ from apigw_mw import (
     get_context,
 )
 from tests.core import drive
+from tests.core.policies import Refuse
 
 REQUEST_TIME = re.compile(
     r"^\d\d/(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)/\d{4}:\d\d:\d\d:\d\d \+0000$"
@@ -257,8 +263,6 @@ def test_request_ids_when_the_generator_is_busy(monkeypatch):
 @pytest.mark.parametrize("policies", [[], [Cors(allow_origins=["https://a.example"])]])
 def test_a_finished_request_leaves_no_reference_cycle(policies):
     """Everything a request made is freed by reference counting, not left to the GC."""
-    import gc
-
     seen: list[RequestContext] = []
 
     async def app(scope, receive, send):  # type: ignore[no-untyped-def]
@@ -294,3 +298,201 @@ def test_a_finished_request_leaves_no_reference_cycle(policies):
 
     assert asyncio.run(requests()) == 0
     assert len(sent) == 102
+
+
+class _Hangup(io.BytesIO):
+    """A client connection that goes away once the first chunk of the body has arrived."""
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.getvalue().partition(b"\r\n\r\n")[2]:
+            raise BrokenPipeError
+        return super().write(data)
+
+
+def _serve(app, path: str, server: type[SimpleHandler] = SimpleHandler) -> bytes:  # type: ignore[no-untyped-def]
+    """One request through wsgiref, the standard library's WSGI server, over in-memory
+    streams: it iterates the response, closes it (early when the client hangs up on
+    ``/stream``) and answers 500 when the app raises."""
+    env = drive.environ("GET", path)
+    out = _Hangup() if path == "/stream" else io.BytesIO()
+    server(env["wsgi.input"], out, io.StringIO(), env, multithread=False).run(app)
+    return out.getvalue()
+
+
+_PATHS = ("/ok", "/deny", "/boom", "/stream")
+
+
+class _SeesContext(BasePolicy):
+    """Records, once each response is over, whether the environ still leads to the context."""
+
+    phase = Phase.OBSERVE
+
+    def __init__(self, log: list[tuple[str, bool]]) -> None:
+        super().__init__()
+        self.log = log
+
+    def on_complete(self, request: Request, context: RequestContext) -> None:
+        self.log.append((request.path, request.raw.get("apigw.context") is context))
+
+
+def _wsgi_gateway(app, hooks: bool, completed: list[tuple[str, bool]]):  # type: ignore[no-untyped-def]
+    policies: list[object] = [Refuse(routes=["GET /deny"])]
+    if hooks:
+        policies += [Cors(allow_origins=["https://a.example"]), _SeesContext(completed)]
+    return WSGIGatewayMiddleware(app, policies=policies)
+
+
+def _check_answers(answers: list[bytes], seen: list[RequestContext]) -> None:
+    ok, denied, boom, stream = answers
+    assert ok.startswith(b"HTTP/1.0 200 ")
+    assert ok.endswith(b"\r\n\r\nok")
+    assert denied.startswith(b"HTTP/1.0 403 ")
+    assert boom.startswith(b"HTTP/1.0 500 ")
+    # The streamed body read the context while it was sent: its first chunk is the id.
+    assert stream.startswith(b"HTTP/1.0 200 ")
+    assert stream.endswith(b"\r\n\r\n" + seen[-1].request_id.encode())
+    assert [c.path for c in seen] == ["/ok", "/boom", "/stream"]
+
+
+@pytest.mark.parametrize("hooks", [False, True], ids=["no-hooks", "on-complete-hooks"])
+def test_a_finished_wsgi_request_leaves_no_reference_cycle(hooks):
+    """The environ holds the context, which refers back to the environ through its request
+    view: once a request is over, whatever way it ends, reference counting frees both."""
+    seen: list[RequestContext] = []
+    closed: list[str] = []
+    completed: list[tuple[str, bool]] = []
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        path = environ["PATH_INFO"]
+        seen.append(get_context(environ))
+        if path == "/boom":
+            raise RuntimeError("boom")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if path != "/stream":
+            return [b"ok"]
+
+        def body():  # type: ignore[no-untyped-def]
+            try:
+                for _ in range(3):
+                    yield get_context(environ).request_id.encode()
+            finally:
+                closed.append(path)
+
+        return body()
+
+    gw = _wsgi_gateway(app, hooks, completed)
+    _check_answers([_serve(gw, p) for p in _PATHS], seen)
+    assert closed == ["/stream"]  # the client hung up: the server closed the generator
+    if hooks:  # on_complete hooks still find the context through the environ
+        assert completed == [("/ok", True), ("/deny", False), ("/boom", True), ("/stream", True)]
+    seen.clear()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            for p in _PATHS:
+                _serve(gw, p)
+        assert len(seen) == 60
+        seen.clear()
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+    assert garbage == 0
+
+
+def _flask_app(seen: list[RequestContext]) -> Flask:
+    app = Flask(__name__)
+
+    # Flask's own handling of an unhandled error keeps the error in a cycle with its
+    # traceback (``error = e`` in ``Flask.wsgi_app``), which holds every frame of the
+    # request, the server's ``start_response`` included: an error handler avoids that.
+    @app.errorhandler(RuntimeError)
+    def failed(error: RuntimeError) -> tuple[str, int]:
+        return "failed", 500
+
+    @app.get("/ok")
+    def ok() -> str:
+        seen.append(get_context(request))
+        return "ok"
+
+    @app.get("/boom")
+    def boom() -> str:
+        seen.append(get_context(request))
+        raise RuntimeError("boom")
+
+    @app.get("/stream")
+    def stream() -> Response:
+        seen.append(get_context(request))
+
+        @stream_with_context
+        def body():  # type: ignore[no-untyped-def]
+            for _ in range(3):
+                yield get_context(request).request_id
+
+        return Response(body())
+
+    return app
+
+
+@pytest.mark.parametrize("hooks", [False, True], ids=["no-hooks", "on-complete-hooks"])
+def test_a_finished_flask_request_leaves_no_reference_cycle(hooks):
+    """As above, through a Flask app: its context stays readable in a streamed body."""
+    seen: list[RequestContext] = []
+    completed: list[tuple[str, bool]] = []
+    app = _flask_app(seen)
+    app.wsgi_app = _wsgi_gateway(app.wsgi_app, hooks, completed)  # type: ignore[method-assign]
+    _check_answers([_serve(app, p) for p in _PATHS], seen)
+    if hooks:
+        assert completed == [("/ok", True), ("/deny", False), ("/boom", True), ("/stream", True)]
+    seen.clear()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            for p in _PATHS:
+                _serve(app, p)
+        assert len(seen) == 60
+        seen.clear()
+        gc.collect()
+        # Flask leaves cycles of its own (Werkzeug's router a closure calling itself at each
+        # match, a view's error its traceback), so the count is not zero: what matters is
+        # that the gateway's objects are not among them.
+        ours = [o for o in gc.garbage if isinstance(o, (RequestContext, Request))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert ours == []
+
+
+def test_a_file_response_reaches_the_server_as_its_file_wrapper():
+    """The server can still send a ``wsgi.file_wrapper`` response with sendfile(), and the
+    environ lets go of the context all the same."""
+    offered: list[str] = []
+
+    class Server(SimpleHandler):
+        def sendfile(self) -> bool:
+            offered.append(self.environ["PATH_INFO"])
+            return False  # wsgiref then writes the file's blocks itself
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        body = io.BytesIO(get_context(environ).request_id.encode())
+        return environ["wsgi.file_wrapper"](body)
+
+    gw = WSGIGatewayMiddleware(app)
+    head, _, body = _serve(gw, "/file", Server).partition(b"\r\n\r\n")
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert headers[b"x-amzn-RequestId"] == body
+    assert offered == ["/file"]
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            _serve(gw, "/file", Server)
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+    assert garbage == 0
+    assert len(offered) == 21
