@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -57,3 +60,16 @@ def store(request: pytest.FixtureRequest, clock: FakeClock) -> MemoryStore | Red
     url = request.getfixturevalue("redis_url")
     prefix = request.getfixturevalue("redis_prefix")
     return RedisStore(url, prefix=prefix, clock=clock)
+
+
+def need_binaries(purpose: str, *names: str) -> None:
+    """Skip loudly when a server binary the tests start themselves is missing; under CI
+    (CI=true) fail instead."""
+    missing = [b for b in names if shutil.which(b) is None]
+    if not missing:
+        return
+    message = f"{' and '.join(missing)} not installed: {purpose}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    sys.stderr.write(f"\n*** SKIPPING: {message} ***\n")
+    pytest.skip(message)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,7 +27,7 @@ from apigw_mw import (
     UsagePlan,
 )
 
-from .conftest import FakeClock
+from .conftest import FakeClock, need_binaries
 
 # The shared tables run here again on the cluster, through the ``store`` fixture below.
 from .test_semantics import (  # noqa: F401
@@ -42,17 +40,6 @@ from .test_semantics import (  # noqa: F401
 redis = pytest.importorskip("redis")
 
 ALICE = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
-
-
-def _need_binaries() -> None:
-    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
-    if not missing:
-        return
-    message = f"{' and '.join(missing)} not installed: the Redis Cluster tests start their own"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    sys.stderr.write(f"\n*** SKIPPING: {message} ***\n")
-    pytest.skip(message)
 
 
 def _bindable(port: int) -> bool:
@@ -163,7 +150,7 @@ class RedisCluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
-    _need_binaries()
+    need_binaries("the Redis Cluster tests start their own", "redis-server", "redis-cli")
     made = RedisCluster()
     try:
         made.start()

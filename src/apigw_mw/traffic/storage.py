@@ -1069,12 +1069,24 @@ class RedisClients:
             retry = Retry(NoBackoff(), 0)
         # Short timeouts and no client-side retries: an outage costs one fast failure per
         # decision (then the store's cool-down), never a retry storm.
-        return {
+        options: dict[str, Any] = {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
             "retry": retry,
             "key_prefix": self.key_prefix,
         }
+        if self.uri.partition("://")[0].endswith("+sentinel"):
+            # The clients that ask the Sentinels for the primary take only these options;
+            # without them a Sentinel that does not answer holds a decision for redis-py's
+            # default timeout.
+            options["sentinel_kwargs"] = {
+                "socket_timeout": self.timeout,
+                "socket_connect_timeout": self.timeout,
+            }
+            # ``limits`` would read a window's count from a replica, which may lag behind
+            # the hit just made on the primary.
+            options["use_replicas"] = False
+        return options
 
     def sync_storage(self) -> Any:
         """The ``limits`` storage of the URI (blocking)."""
@@ -1097,6 +1109,22 @@ class RedisClients:
             client = self._sync
         return client
 
+    def close(self) -> None:
+        """Close the blocking clients' connections (they reconnect when next used)."""
+        storage = self._sync_storage
+        if storage is None:
+            return
+        # Behind Sentinel, a replica client and one client per Sentinel come with it; the
+        # primary's connections refer back to their pool, so only closing frees them at once.
+        sentinel = getattr(storage, "sentinel", None)
+        for client in (
+            self._sync,
+            getattr(storage, "storage_slave", None),
+            *getattr(sentinel, "sentinels", ()),
+        ):
+            if client is not None:
+                client.close()
+
     async def _entry(self) -> tuple[Any, Any, Any]:
         loop = asyncio.get_running_loop()
         last = self._last
@@ -1112,7 +1140,10 @@ class RedisClients:
             client = storage.bridge.get_connection()
             # Close the client's connections when its event loop shuts down: asyncio runs
             # the ``finally`` of every open async generator then (``shutdown_asyncgens``).
-            closer = _close_on_shutdown(client)
+            # Behind Sentinel, the clients that ask each Sentinel for the primary hold
+            # connections of their own.
+            sentinel = getattr(storage.bridge, "sentinel", None)
+            closer = _close_on_shutdown(client, *getattr(sentinel, "sentinels", ()))
             await closer.__anext__()
             entry = self._async[loop] = (client, closer, storage)
         last = self._last = (loop, entry[0], entry[2])
@@ -1127,12 +1158,13 @@ class RedisClients:
         return (await self._entry())[2]
 
 
-async def _close_on_shutdown(client: Any) -> AsyncGenerator[None, None]:
+async def _close_on_shutdown(*clients: Any) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
-        with contextlib.suppress(Exception):  # closing a broken connection
-            await client.aclose()
+        for client in clients:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                await client.aclose()
 
 
 class _ServerStore(Store):
@@ -1191,7 +1223,9 @@ class RedisStore(_ServerStore):
             ``rediss://...``, ``redis+sentinel://host:26379/mymaster``,
             ``redis+cluster://host1:7000,host2:7001``).
         prefix: prepended to every key this store writes.
-        timeout: connect and read timeout in seconds (a URI option wins).
+        timeout: connect and read timeout in seconds, toward the Sentinels too (a URI
+            option wins, except on ``redis+sentinel`` URIs, whose query string ``limits``
+            does not read).
         retry_interval: after a failure, decisions skip Redis for this many seconds (and
             follow ``on_storage_error``) before trying again.
         log_interval: an outage is logged at most once per this many seconds.
@@ -1202,6 +1236,8 @@ class RedisStore(_ServerStore):
 
         store = RedisStore("redis://127.0.0.1:6379/0", prefix="shop:")
         policies = [Throttle(TokenBucket(rate=100, burst=200), storage=store)]
+        ...
+        store.close()  # at shutdown: the blocking connections, at once
     """
 
     def __init__(
@@ -1340,6 +1376,11 @@ class RedisStore(_ServerStore):
             self.clients.sync().delete(self.prefix + key)
         except self._errors as exc:
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the blocking connections (asyncio ones close with their loop); the store
+        connects again when next used."""
+        self.clients.close()
 
 
 # The server's time in seconds and a quota's stored value (``false``, hence ``None``, when

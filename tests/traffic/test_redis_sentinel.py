@@ -1,0 +1,317 @@
+"""Token buckets, quotas and windows on Redis found through a real Sentinel
+(``redis+sentinel://``): the shared semantics tables, one script per phase on the primary,
+state shared by separate gateways, and the connections to the Sentinel."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from apigw_mw import (
+    ApiKey,
+    ApiKeyAuth,
+    ApiKeys,
+    Quota,
+    RedisStore,
+    Throttle,
+    TokenBucket,
+    UsageAdmin,
+    UsagePlan,
+)
+from tests.helpers import gateway_client
+
+from .conftest import FakeClock, need_binaries
+
+# The shared tables run here again through Sentinel, through the ``store`` fixture below.
+from .test_semantics import (  # noqa: F401
+    test_headers_on_throttle,
+    test_no_headers_unless_asked,
+    test_quota_header_values_and_admin,
+    test_semantics,
+)
+
+redis = pytest.importorskip("redis")
+
+ALICE = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
+SERVICE = "mymaster"
+#: Three requests an hour: no test run crosses a window's end by chance.
+PER_HOUR = TokenBucket(rate=3 / 3600, burst=3)
+
+
+def _free_port(taken: tuple[int, ...] = ()) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
+
+
+def _wait(ready: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if ready():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test {what} did not come up")
+        time.sleep(0.05)
+
+
+class RedisSentinel:
+    """A Redis primary, its replica and one Sentinel monitoring them as ``mymaster``, on
+    free 127.0.0.1 ports, started and stopped by the tests."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.replica_port = _free_port((self.port,))
+        self.sentinel_port = _free_port((self.port, self.replica_port))
+        self.dir = tempfile.TemporaryDirectory(prefix="apigw-mw-sentinel-")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.url = f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{SERVICE}"
+        # Kept open for the module: the servers' client counts include them, steadily.
+        self.primary = redis.Redis(host="127.0.0.1", port=self.port)
+        self.replica = redis.Redis(host="127.0.0.1", port=self.replica_port)
+        self.sentinel = redis.Redis(host="127.0.0.1", port=self.sentinel_port)
+
+    def _server(self, *args: str) -> None:
+        self.procs.append(
+            subprocess.Popen(
+                ["redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
+
+    def start(self) -> None:
+        # No delay before the replica's first full copy (Redis waits five seconds for more).
+        primary = ("--repl-diskless-sync-delay", "0")
+        replica = ("--replicaof", "127.0.0.1", str(self.port))
+        for port, extra in ((self.port, primary), (self.replica_port, replica)):
+            node_dir = os.path.join(self.dir.name, str(port))
+            os.mkdir(node_dir)
+            self._server(
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--dir", node_dir,
+                "--save", "",
+                "--appendonly", "no",
+                *extra,
+            )  # fmt: skip
+        _wait(self.primary.ping, "primary")
+        # The Sentinel learns of the replica from the primary when it first asks it.
+        _wait(lambda: self.replica.info("replication")["master_link_status"] == "up", "replica")
+        # Sentinel rewrites its configuration file, so it lives in the temporary directory.
+        conf = os.path.join(self.dir.name, "sentinel.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"port {self.sentinel_port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {self.dir.name}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.port} 1\n"
+                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                f"sentinel failover-timeout {SERVICE} 2000\n"
+            )
+        self._server(conf, "--sentinel")
+        ask, address = self.sentinel.execute_command, (b"127.0.0.1", self.port)
+        _wait(lambda: ask("SENTINEL get-master-addr-by-name", SERVICE) == address, "Sentinel")
+        _wait(lambda: ask("SENTINEL replicas", SERVICE), "Sentinel")
+
+    @staticmethod
+    def calls(node: Any, *commands: str) -> int:
+        """How many times ``node`` has run these commands so far."""
+        stats = node.info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in commands)
+
+    def scripts_run(self) -> int:
+        """Scripts the primary has run so far."""
+        return self.calls(self.primary, "evalsha", "eval")
+
+    @staticmethod
+    def clients(node: Any) -> int:
+        return int(node.info("clients")["connected_clients"])
+
+    def stop(self) -> None:
+        for client in (self.primary, self.replica, self.sentinel):
+            client.close()
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.dir.cleanup()
+
+
+@pytest.fixture(scope="module")
+def sentinel() -> Iterator[RedisSentinel]:
+    need_binaries("the Redis Sentinel tests start their own", "redis-server")
+    made = RedisSentinel()
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"apigw-mw-test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def make_store(sentinel: RedisSentinel, prefix: str) -> Iterator[Callable[..., RedisStore]]:
+    """Stores on the Sentinel's primary under this test's prefix, closed afterwards."""
+    made: list[RedisStore] = []
+
+    def make(uri: str = sentinel.url, **options: Any) -> RedisStore:
+        store = RedisStore(uri, prefix=prefix, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., RedisStore], clock: FakeClock) -> RedisStore:
+    """The shared semantics tables' store, here the Sentinel's primary on the fake clock."""
+    return make_store(clock=clock)
+
+
+def _plan() -> UsagePlan:
+    return UsagePlan(
+        "basic",
+        throttle=TokenBucket(rate=1, burst=100),
+        quota=Quota(1000),
+        route_limits={"GET /pets": TokenBucket(rate=1, burst=50)},
+    )
+
+
+def test_one_script_per_phase_on_the_primary(make_client, sentinel, make_store, prefix) -> None:
+    store = make_store()
+    client = make_client(
+        [
+            Throttle(TokenBucket(rate=1, burst=100), storage=store),
+            Throttle(TokenBucket(rate=1, burst=100), key="source_ip", storage=store),
+            Throttle(TokenBucket(rate=1, burst=100), key="api_key", storage=store),
+            ApiKeyAuth(ApiKeys([ApiKey(ALICE, plan=_plan())]), storage=store, routes=["GET /pets"]),
+        ]
+    )
+    assert client.get("/pets", headers={"x-api-key": ALICE}).status_code == 200  # warm up
+    before = sentinel.scripts_run()
+    on_replica = sentinel.calls(sentinel.replica, "evalsha", "eval")
+    for _ in range(3):
+        assert client.get("/pets", headers={"x-api-key": ALICE}).status_code == 200
+    # Two phases a request, one script each, all on the primary the Sentinel names.
+    assert sentinel.scripts_run() - before == 6
+    assert sentinel.calls(sentinel.replica, "evalsha", "eval") == on_replica
+    # Three throttles, the plan's throttle, its route limit and the quota.
+    assert len(list(sentinel.primary.scan_iter(match=prefix + "*", count=500))) == 6
+    assert store.errors == 0
+
+
+def test_limits_hold_across_gateways(make_client, make_store) -> None:
+    # Two gateways with clients of their own (two processes, two hosts) share the primary.
+    plan = UsagePlan("tight", quota=Quota(3), route_limits={"GET /pets": TokenBucket(0.01, 5)})
+    keys = ApiKeys([ApiKey(ALICE, id="k-alice", plan=plan)])
+
+    def gateway():  # type: ignore[no-untyped-def]
+        return make_client([ApiKeyAuth(keys, storage=make_store(), routes=["GET /pets"])])
+
+    first, second = gateway(), gateway()
+    alice = {"x-api-key": ALICE}
+    statuses = [c.get("/pets", headers=alice).status_code for c in (first, second, first)]
+    assert statuses == [200, 200, 200]
+    r = second.get("/pets", headers=alice)
+    assert r.status_code == 429
+    assert r.json() == {"message": "Limit Exceeded"}
+    assert r.seen == []
+
+    admin = UsageAdmin(make_store())
+    assert admin.used(keys.get("k-alice")) == 3
+    admin.reset(keys.get("k-alice"))
+    assert admin.used(keys.get("k-alice")) == 0
+    assert first.get("/pets", headers=alice).status_code == 200
+    assert second.get("/pets", headers=alice).status_code == 200
+
+
+def test_window_counts_are_read_on_the_primary(make_client, sentinel, make_store) -> None:
+    # A replica may lag behind the hit just made on the primary: the window's count and
+    # expiry behind the headers and Retry-After are read where it was made.
+    store = make_store()
+    client = make_client(
+        [Throttle(PER_HOUR, key="stage", strategy="fixed-window", storage=store, headers=True)]
+    )
+    reads = sentinel.calls(sentinel.replica, "get", "ttl")
+    assert client.get("/a").headers["ratelimit"].startswith('"stage";r=2;t=')
+    client.get("/a")
+    client.get("/a")
+    refused = client.get("/a")
+    assert refused.status_code == 429
+    assert 3590 <= int(refused.headers["retry-after"]) <= 3600
+    assert refused.headers["ratelimit"] == f'"stage";r=0;t={refused.headers["retry-after"]}'
+    assert sentinel.calls(sentinel.replica, "get", "ttl") == reads
+
+
+def test_sentinel_that_does_not_answer_fails_fast(make_client, make_store) -> None:
+    # It accepts connections (the kernel does) and never replies.
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = silent.getsockname()[1]
+        store = make_store(f"redis+sentinel://127.0.0.1:{port}/{SERVICE}", timeout=0.2)
+        client = make_client([Throttle(TokenBucket(1, 1), storage=store)])
+        started = time.monotonic()
+        assert client.get("/a").status_code == 200  # on_storage_error="allow"
+        # The store's timeout, not redis-py's default of five seconds.
+        assert time.monotonic() - started < 1.5
+        assert store.errors == 1
+    finally:
+        silent.close()
+
+
+def _settles(count: Callable[[], int], expected: int) -> bool:
+    """Whether ``count`` reaches ``expected`` within two seconds (a server notices a closed
+    connection a moment later)."""
+    deadline = time.monotonic() + 2
+    while count() != expected:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_event_loops_close_their_sentinel_connections(sentinel, make_store) -> None:
+    # The ASGI client here runs each request in an event loop of its own.
+    on_sentinel = sentinel.clients(sentinel.sentinel)
+    on_primary = sentinel.clients(sentinel.primary)
+    client = gateway_client("asgi", [Throttle(TokenBucket(1, 100), storage=make_store())])
+    assert [client.get("/a").status_code for _ in range(5)] == [200] * 5
+    assert _settles(lambda: sentinel.clients(sentinel.sentinel), on_sentinel)
+    assert _settles(lambda: sentinel.clients(sentinel.primary), on_primary)
+
+
+def test_close_lets_go_of_the_connections(sentinel, make_store) -> None:
+    on_sentinel = sentinel.clients(sentinel.sentinel)
+    on_primary = sentinel.clients(sentinel.primary)
+    store = make_store()
+    client = gateway_client("wsgi", [Throttle(TokenBucket(1, 2), storage=store)])
+    assert client.get("/a").status_code == 200
+    assert sentinel.clients(sentinel.sentinel) == on_sentinel + 1
+    assert sentinel.clients(sentinel.primary) == on_primary + 1
+    store.close()
+    assert _settles(lambda: sentinel.clients(sentinel.sentinel), on_sentinel)
+    assert _settles(lambda: sentinel.clients(sentinel.primary), on_primary)
+    # The store connects again when next used, and the bucket is where it was.
+    assert [client.get("/a").status_code for _ in range(2)] == [200, 429]
+    assert store.errors == 0
