@@ -460,6 +460,8 @@ class Pipeline:
         decision = _terminal(x, ctx, pending.policy)
         if decision is not None:
             return decision
+        if pending.phase == len(plan.phases) - 1 and alone:
+            return None  # that flow was the plan's last
         return _run_simple(plan, request, ctx, pending.phase, pending.position + 1)
 
     @staticmethod
@@ -664,6 +666,13 @@ def _step(
             raise
         except Exception as exc:
             return "done", _policy_failed(policy, exc)
+        if type(effect) is ReadBody:
+            # The most common effect: its answer is at hand once the body is buffered.
+            value = effect.request._body
+            if value is None:
+                return "effect", effect
+            is_error = False
+            continue
         batcher = getattr(effect, "batcher", None)
         if batcher is None:
             if not getattr(effect, "inline", False):
