@@ -278,8 +278,8 @@ class GatewayMiddleware:
             if buffered is not None:
                 receive = _replay(buffered, receive)
                 chunked = False
-        if plan.observed:
-            ex._app_start = _perf_counter()
+        if plan.complete_hooks:
+            ex._app_start = _perf_counter()  # for the integration latency they read
         if chunked and gw.max_body_size is not None:
             ex._limited = _Limited(receive, gw.max_body_size, ex)
             receive = ex._limited.receive
@@ -409,7 +409,8 @@ class _Exchange(RequestContext):
             self.status = message["status"]
             plan = self._plan
             if plan.observed:
-                self.integration_latency = int((_perf_counter() - self._app_start) * 1000)
+                if plan.complete_hooks:
+                    self.integration_latency = int((_perf_counter() - self._app_start) * 1000)
                 if plan.response_hooks:
                     head = ResponseHead(self.status, headers)
                     request = self._request or self._req()
