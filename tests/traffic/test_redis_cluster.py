@@ -10,24 +10,23 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from apigw_mw import (
-    ApiKey,
-    ApiKeyAuth,
-    ApiKeys,
-    Quota,
     RedisStore,
-    Throttle,
-    TokenBucket,
-    UsageAdmin,
-    UsagePlan,
 )
 
 from .conftest import FakeClock, need_binaries
+from .shared_redis import (
+    ALICE,
+    check_limits_hold_across_gateways,
+    every_level,
+    new_prefix,
+    scripts_for_three_requests,
+    store_maker,
+)
 
 # The shared tables run here again on the cluster, through the ``store`` fixture below.
 from .test_semantics import (  # noqa: F401
@@ -38,8 +37,6 @@ from .test_semantics import (  # noqa: F401
 )
 
 redis = pytest.importorskip("redis")
-
-ALICE = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
 
 
 def _bindable(port: int) -> bool:
@@ -161,81 +158,39 @@ def cluster() -> Iterator[RedisCluster]:
 
 @pytest.fixture
 def prefix() -> str:
-    return f"apigw-mw-test:{uuid.uuid4().hex[:12]}:"
+    return new_prefix()
 
 
 @pytest.fixture
-def store(cluster: RedisCluster, prefix: str, clock: FakeClock) -> RedisStore:
+def make_store(cluster: RedisCluster, prefix: str) -> Iterator[Callable[..., RedisStore]]:
+    """Stores on the cluster under this test's prefix, closed afterwards."""
+    yield from store_maker(cluster.url, prefix)
+
+
+@pytest.fixture
+def store(make_store: Callable[..., RedisStore], clock: FakeClock) -> RedisStore:
     """The shared semantics tables' store, here the cluster on the fake clock."""
-    return RedisStore(cluster.url, prefix=prefix, clock=clock)
+    return make_store(clock=clock)
 
 
-def _plan() -> UsagePlan:
-    return UsagePlan(
-        "basic",
-        throttle=TokenBucket(rate=100, burst=100),
-        quota=Quota(1000),
-        route_limits={"GET /pets": TokenBucket(rate=50, burst=50)},
-    )
-
-
-def test_one_script_per_phase(make_client, cluster, prefix) -> None:
-    store = RedisStore(cluster.url, prefix=prefix)
-    client = make_client(
-        [
-            Throttle(TokenBucket(rate=100, burst=100), storage=store),
-            Throttle(TokenBucket(rate=100, burst=100), key="source_ip", storage=store),
-            Throttle(TokenBucket(rate=100, burst=100), key="api_key", storage=store),
-            ApiKeyAuth(ApiKeys([ApiKey(ALICE, plan=_plan())]), storage=store, routes=["GET /pets"]),
-        ]
-    )
-    assert client.get("/pets", headers={"x-api-key": ALICE}).status_code == 200  # warm up
-    before = cluster.scripts_run()
-    for _ in range(3):
-        assert client.get("/pets", headers={"x-api-key": ALICE}).status_code == 200
+def test_one_script_per_phase(make_client, cluster, make_store) -> None:
+    client = make_client(every_level(make_store()))
     # The route and client throttles share the stage's hash slot, the key's throttle, plan,
     # route limit and quota the key's: one script for each phase, no CROSSSLOT refusal.
-    assert cluster.scripts_run() - before == 6
+    assert scripts_for_three_requests(client, cluster.scripts_run) == 6
 
 
-def test_limits_hold_across_gateways(make_client, cluster, prefix) -> None:
-    # Two gateways with clients of their own (two processes, two hosts) share the cluster.
-    plan = UsagePlan("tight", quota=Quota(3), route_limits={"GET /pets": TokenBucket(0.01, 5)})
-    keys = ApiKeys([ApiKey(ALICE, id="k-alice", plan=plan)])
-
-    def gateway():  # type: ignore[no-untyped-def]
-        store = RedisStore(cluster.url, prefix=prefix)
-        return make_client([ApiKeyAuth(keys, storage=store, routes=["GET /pets"])])
-
-    first, second = gateway(), gateway()
-    alice = {"x-api-key": ALICE}
-    statuses = [c.get("/pets", headers=alice).status_code for c in (first, second, first)]
-    assert statuses == [200, 200, 200]
-    r = second.get("/pets", headers=alice)
-    assert r.status_code == 429
-    assert r.json() == {"message": "Limit Exceeded"}
-    assert r.seen == []
-
-    admin = UsageAdmin(RedisStore(cluster.url, prefix=prefix))
-    assert admin.used(keys.get("k-alice")) == 3
-    admin.reset(keys.get("k-alice"))
-    assert first.get("/pets", headers=alice).status_code == 200
+def test_limits_hold_across_gateways(make_client, make_store) -> None:
+    check_limits_hold_across_gateways(make_client, make_store)
 
 
-def test_keys_of_a_phase_share_one_slot(make_client, cluster, prefix) -> None:
-    store = RedisStore(cluster.url, prefix=prefix)
-    client = make_client(
-        [
-            Throttle(TokenBucket(rate=0.01, burst=10), storage=store),
-            Throttle(TokenBucket(rate=0.01, burst=10), key="source_ip", storage=store),
-            ApiKeyAuth(ApiKeys([ApiKey(ALICE, id="k-a", plan=_plan())]), storage=store),
-        ]
-    )
+def test_keys_of_a_phase_share_one_slot(make_client, cluster, make_store, prefix) -> None:
+    client = make_client(every_level(make_store()))
     assert client.get("/pets", headers={"x-api-key": ALICE}).status_code == 200
     nodes = [redis.Redis(host="127.0.0.1", port=p) for p in cluster.ports]
     keys = [k for node in nodes for k in node.scan_iter(match=prefix + "*", count=500)]
     slots = {int(nodes[0].execute_command("CLUSTER KEYSLOT", k)) for k in keys}
-    # Two throttles, the plan's throttle, its route limit and the quota: five keys, in two
+    # Three throttles, the plan's throttle, its route limit and the quota: six keys, in two
     # slots (the stage's and the key's).
-    assert len(keys) == 5
+    assert len(keys) == 6
     assert len(slots) == 2

@@ -9,26 +9,26 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from apigw_mw import (
-    ApiKey,
-    ApiKeyAuth,
-    ApiKeys,
-    Quota,
     RedisStore,
     Throttle,
     TokenBucket,
-    UsageAdmin,
-    UsagePlan,
 )
 from tests.helpers import gateway_client
 
 from .conftest import FakeClock, need_binaries
+from .shared_redis import (
+    check_limits_hold_across_gateways,
+    every_level,
+    new_prefix,
+    scripts_for_three_requests,
+    store_maker,
+)
 
 # The shared tables run here again through Sentinel, through the ``store`` fixture below.
 from .test_semantics import (  # noqa: F401
@@ -40,7 +40,6 @@ from .test_semantics import (  # noqa: F401
 
 redis = pytest.importorskip("redis")
 
-ALICE = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
 SERVICE = "mymaster"
 #: Three requests an hour: no test run crosses a window's end by chance.
 PER_HOUR = TokenBucket(rate=3 / 3600, burst=3)
@@ -165,22 +164,13 @@ def sentinel() -> Iterator[RedisSentinel]:
 
 @pytest.fixture
 def prefix() -> str:
-    return f"apigw-mw-test:{uuid.uuid4().hex[:12]}:"
+    return new_prefix()
 
 
 @pytest.fixture
 def make_store(sentinel: RedisSentinel, prefix: str) -> Iterator[Callable[..., RedisStore]]:
     """Stores on the Sentinel's primary under this test's prefix, closed afterwards."""
-    made: list[RedisStore] = []
-
-    def make(uri: str = sentinel.url, **options: Any) -> RedisStore:
-        store = RedisStore(uri, prefix=prefix, **options)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
+    yield from store_maker(sentinel.url, prefix)
 
 
 @pytest.fixture
@@ -189,32 +179,12 @@ def store(make_store: Callable[..., RedisStore], clock: FakeClock) -> RedisStore
     return make_store(clock=clock)
 
 
-def _plan() -> UsagePlan:
-    return UsagePlan(
-        "basic",
-        throttle=TokenBucket(rate=1, burst=100),
-        quota=Quota(1000),
-        route_limits={"GET /pets": TokenBucket(rate=1, burst=50)},
-    )
-
-
 def test_one_script_per_phase_on_the_primary(make_client, sentinel, make_store, prefix) -> None:
     store = make_store()
-    client = make_client(
-        [
-            Throttle(TokenBucket(rate=1, burst=100), storage=store),
-            Throttle(TokenBucket(rate=1, burst=100), key="source_ip", storage=store),
-            Throttle(TokenBucket(rate=1, burst=100), key="api_key", storage=store),
-            ApiKeyAuth(ApiKeys([ApiKey(ALICE, plan=_plan())]), storage=store, routes=["GET /pets"]),
-        ]
-    )
-    assert client.get("/pets", headers={"x-api-key": ALICE}).status_code == 200  # warm up
-    before = sentinel.scripts_run()
+    client = make_client(every_level(store))
     on_replica = sentinel.calls(sentinel.replica, "evalsha", "eval")
-    for _ in range(3):
-        assert client.get("/pets", headers={"x-api-key": ALICE}).status_code == 200
     # Two phases a request, one script each, all on the primary the Sentinel names.
-    assert sentinel.scripts_run() - before == 6
+    assert scripts_for_three_requests(client, sentinel.scripts_run) == 6
     assert sentinel.calls(sentinel.replica, "evalsha", "eval") == on_replica
     # Three throttles, the plan's throttle, its route limit and the quota.
     assert len(list(sentinel.primary.scan_iter(match=prefix + "*", count=500))) == 6
@@ -222,28 +192,7 @@ def test_one_script_per_phase_on_the_primary(make_client, sentinel, make_store, 
 
 
 def test_limits_hold_across_gateways(make_client, make_store) -> None:
-    # Two gateways with clients of their own (two processes, two hosts) share the primary.
-    plan = UsagePlan("tight", quota=Quota(3), route_limits={"GET /pets": TokenBucket(0.01, 5)})
-    keys = ApiKeys([ApiKey(ALICE, id="k-alice", plan=plan)])
-
-    def gateway():  # type: ignore[no-untyped-def]
-        return make_client([ApiKeyAuth(keys, storage=make_store(), routes=["GET /pets"])])
-
-    first, second = gateway(), gateway()
-    alice = {"x-api-key": ALICE}
-    statuses = [c.get("/pets", headers=alice).status_code for c in (first, second, first)]
-    assert statuses == [200, 200, 200]
-    r = second.get("/pets", headers=alice)
-    assert r.status_code == 429
-    assert r.json() == {"message": "Limit Exceeded"}
-    assert r.seen == []
-
-    admin = UsageAdmin(make_store())
-    assert admin.used(keys.get("k-alice")) == 3
-    admin.reset(keys.get("k-alice"))
-    assert admin.used(keys.get("k-alice")) == 0
-    assert first.get("/pets", headers=alice).status_code == 200
-    assert second.get("/pets", headers=alice).status_code == 200
+    check_limits_hold_across_gateways(make_client, make_store)
 
 
 def test_window_counts_are_read_on_the_primary(make_client, sentinel, make_store) -> None:
