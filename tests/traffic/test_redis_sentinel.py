@@ -264,3 +264,45 @@ def test_close_lets_go_of_the_connections(sentinel, make_store) -> None:
     # The store connects again when next used, and the bucket is where it was.
     assert [client.get("/a").status_code for _ in range(2)] == [200, 429]
     assert store.errors == 0
+
+
+@pytest.mark.slow
+def test_decisions_follow_a_failover() -> None:
+    # Sentinel promotes the replica at once, but turns the old primary into a replica only
+    # when it next checks on it (about ten seconds): until then the store's connections keep
+    # deciding there; the old primary's first refusal to write moves them to the new one.
+    need_binaries("the Redis Sentinel tests start their own", "redis-server")
+    own = RedisSentinel()
+    own.start()
+    store = RedisStore(own.url, prefix=new_prefix(), timeout=0.5, retry_interval=0.2)
+    try:
+        client = gateway_client(
+            "wsgi", [Throttle(TokenBucket(rate=0.001, burst=3), key="stage", storage=store)]
+        )
+        assert [client.get("/a").status_code for _ in range(2)] == [200, 200]
+        ask = own.sentinel.execute_command
+        _wait(lambda: ask("SENTINEL FAILOVER", SERVICE), "failover")
+        _wait(lambda: own.replica.info("replication")["role"] == "master", "promotion")
+        old = own.primary
+        deadline = time.monotonic() + 30
+        while old.info("replication")["role"] == "master":
+            assert time.monotonic() < deadline, "Sentinel never turned the old primary"
+            time.sleep(0.1)
+        # The old primary's refusal may cost one decision (allowed, as on_storage_error
+        # says, for retry_interval); then the store decides on the new primary, where the
+        # bucket moved with the data: one token left, then refusals.
+        decided = []
+        while len(decided) < 3:
+            errors = store.errors
+            status = client.get("/a").status_code
+            if store.errors == errors:
+                decided.append(status)
+            else:
+                time.sleep(0.25)
+            assert time.monotonic() < deadline
+        assert decided == [200, 429, 429]
+        assert store.errors <= 1
+        assert own.calls(own.replica, "evalsha", "eval") >= 3
+    finally:
+        store.close()
+        own.stop()
