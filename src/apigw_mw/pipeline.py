@@ -591,16 +591,22 @@ def _run_simple(
                 continue
             if type(result) is GeneratorType:
                 outcome = _begin_flow(i, j, policy, result, ctx, j == len(policies) - 1)
-            elif isinstance(result, _DECISIONS) or not hasattr(result, "run_sync"):
-                outcome = _terminal(result, ctx, policy)
-            else:
+            elif _is_effect(result):
                 outcome = _begin_effect(i, j, policy, result, ctx, j == len(policies) - 1)
+            else:
+                outcome = _terminal(result, ctx, policy)
             if outcome is not None:
                 return outcome
     return None
 
 
 _DECISIONS = (Deny, Allow, Respond)
+
+
+def _is_effect(result: Any) -> bool:
+    """Whether a flow returned an effect (rather than a decision, or something wrong, which
+    :func:`_terminal` answers)."""
+    return not isinstance(result, _DECISIONS) and hasattr(result, "run_sync")
 
 
 def _yielding(effect: Any) -> Generator[Any, Any, Any]:
@@ -611,31 +617,17 @@ def _yielding(effect: Any) -> Generator[Any, Any, Any]:
 def _begin_effect(
     i: int, j: int, policy: Any, effect: Any, ctx: RequestContext, alone: bool
 ) -> Outcome | _Pending:
-    """A flow returned an effect, whose outcome is its decision: performed on the spot when
-    it is inline (or, last of its phase, its batcher is), else a :class:`_Pending`."""
-    batcher = getattr(effect, "batcher", None)
-    try:
-        if batcher is None:
-            if not getattr(effect, "inline", False):
-                return _pending_effect(i, j, policy, effect)
-            value = effect.run_sync()
-        elif alone and getattr(batcher, "inline", False):
-            value = batcher.run_many_sync([effect])[0]
-            if isinstance(value, BaseException):
-                return _policy_failed(policy, value)
-        else:
-            return _pending_effect(i, j, policy, effect)
-    except (ClientDisconnect, BodyTooLarge):
-        raise
-    except Exception as exc:
-        return _policy_failed(policy, exc)
+    """A flow returned an effect, whose outcome is its decision: decided on the spot when
+    the effect can be performed there, else a :class:`_Pending`."""
+    here = _on_the_spot(effect, alone)
+    if here is None:
+        gen = _yielding(effect)
+        next(gen)
+        return _Pending(i, j, policy, gen, effect)
+    value, is_error = here
+    if is_error:
+        return _policy_failed(policy, value)
     return _terminal(value, ctx, policy)
-
-
-def _pending_effect(i: int, j: int, policy: Any, effect: Any) -> _Pending:
-    gen = _yielding(effect)
-    next(gen)
-    return _Pending(i, j, policy, gen, effect)
 
 
 def _begin_flow(
@@ -666,33 +658,37 @@ def _step(
             raise
         except Exception as exc:
             return "done", _policy_failed(policy, exc)
-        if type(effect) is ReadBody:
-            # The most common effect: its answer is at hand once the body is buffered.
-            value = effect.request._body
-            if value is None:
-                return "effect", effect
-            is_error = False
-            continue
-        batcher = getattr(effect, "batcher", None)
+        here = _on_the_spot(effect, alone)
+        if here is None:
+            return "effect", effect
+        value, is_error = here
+
+
+def _on_the_spot(effect: Any, alone: bool) -> tuple[Any, bool] | None:
+    """Perform ``effect`` now if that cannot block: ``(value, is_error)``, else ``None``.
+
+    A body read once the body is buffered, an effect that promises to be ``inline``, and,
+    when the flow is the last of its phase (``alone``: nothing is left to batch it with), a
+    batched effect whose batcher does not block.
+    """
+    if type(effect) is ReadBody:
+        # The most common effect, answered without looking its attributes up.
+        body = effect.request._body
+        return None if body is None else (body, False)
+    batcher = getattr(effect, "batcher", None)
+    try:
         if batcher is None:
             if not getattr(effect, "inline", False):
-                return "effect", effect
-            try:
-                value, is_error = effect.run_sync(), False
-            except (ClientDisconnect, BodyTooLarge):
-                raise
-            except Exception as exc:
-                value, is_error = exc, True
-        elif alone and getattr(batcher, "inline", False):
-            try:
-                value = batcher.run_many_sync([effect])[0]
-                is_error = isinstance(value, BaseException)
-            except (ClientDisconnect, BodyTooLarge):
-                raise
-            except Exception as exc:
-                value, is_error = exc, True
-        else:
-            return "effect", effect
+                return None
+            return effect.run_sync(), False
+        if alone and getattr(batcher, "inline", False):
+            value = batcher.run_many_sync([effect])[0]
+            return value, isinstance(value, BaseException)
+    except (ClientDisconnect, BodyTooLarge):
+        raise
+    except Exception as exc:
+        return exc, True
+    return None
 
 
 def _resume(
@@ -884,9 +880,7 @@ def _run_phase(
             except Exception as exc:
                 _close(waiting)
                 return _policy_failed(policy, exc)
-        if type(result) is not GeneratorType and (
-            isinstance(result, _DECISIONS) or not hasattr(result, "run_sync")
-        ):
+        if type(result) is not GeneratorType and not _is_effect(result):
             decision = _terminal(result, ctx, policy)
             if tracing:
                 _record(ctx, policy, started, decision)

@@ -238,9 +238,7 @@ class WSGIGatewayMiddleware:
             environ.pop("apigw.context", None)
             raise
         if limited is not None and limited.exceeded:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            _close_iterable(result)
             result = self._answer(_TOO_LARGE, request, ctx, plan, start_response)
         if plan.complete_hooks:
             return _Observed(result, gw, plan, request, ctx, environ)
@@ -292,9 +290,7 @@ class _Closing:
 
     def close(self) -> None:
         try:
-            close = getattr(self._result, "close", None)
-            if close is not None:
-                close()
+            _close_iterable(self._result)
         finally:
             self._environ.pop("apigw.context", None)
 
@@ -329,9 +325,7 @@ class _Observed:
 
     def close(self) -> None:
         try:
-            close = getattr(self._result, "close", None)
-            if close is not None:
-                close()
+            _close_iterable(self._result)
         finally:
             if not self._done:
                 self._done = True
@@ -340,6 +334,13 @@ class _Observed:
                 finally:
                     if self._environ is not None:
                         self._environ.pop("apigw.context", None)
+
+
+def _close_iterable(result: Iterable[bytes]) -> None:
+    """Call the response iterable's ``close``, as a WSGI server must, if it has one."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
 
 
 def _discard(data: bytes) -> None:
