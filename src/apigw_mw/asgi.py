@@ -221,7 +221,7 @@ class GatewayMiddleware:
         ex._receive = receive
         ex._server_send = send
         version = scope.get("http_version")
-        if version is not None and version != "1.1":
+        if version != "1.1" and version is not None:
             ex.protocol = _PROTOCOLS.get(version) or "HTTP/1.1"
             if content_length is None and not chunked and version[:1] in "23":
                 chunked = True  # HTTP/2 and HTTP/3 stream a body without Transfer-Encoding
@@ -312,7 +312,7 @@ class GatewayMiddleware:
                         watchdog.start()
         answer: Deny | None = None
         try:
-            await self.app(scope, receive, ex._send_wrapped)
+            await self.app(scope, receive, ex._send_observed if plan.observed else ex._send)
         except asyncio.CancelledError:
             if not ex._timed_out:
                 raise
@@ -360,7 +360,7 @@ class GatewayMiddleware:
 
 class _Exchange(RequestContext):
     """The request's context, doubling as the state of its call to the app: one object a
-    request instead of two. ``_send_wrapped`` wraps the server's ``send``.
+    request instead of two. ``_send`` and ``_send_observed`` wrap the server's ``send``.
 
     :meth:`GatewayMiddleware.__init__` makes a subclass per middleware that carries the
     stage's fields, the gateway (``_gw``) and the plan of requests outside every route
@@ -395,31 +395,46 @@ class _Exchange(RequestContext):
             )
         return request
 
-    def _send_wrapped(self, message: Message) -> Awaitable[None]:
-        # A plain function handing back the server's awaitable: no coroutine of our own
-        # per message.
+    # The app's ``send``: plain functions handing back the server's awaitable, no coroutine
+    # of our own per message. ``_send`` for a plan no observer watches, ``_send_observed``
+    # for the others (response hooks, latency and length).
+
+    def _send(self, message: Message) -> Awaitable[None]:
+        if self._state == _STARTED:
+            if message["type"] != "http.response.start":
+                return self._server_send(message)
+        elif not self._state and message["type"] == "http.response.start":
+            self._state = _STARTED
+            self.status = message["status"]
+            message["headers"] = [
+                *(message.get("headers") or ()),
+                (b"x-amzn-requestid", self.request_id.encode()),
+            ]
+            return self._server_send(message)
+        return _nothing()
+
+    def _send_observed(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             if self._state:
                 return _nothing()
             self._state = _STARTED
             headers = [
                 *(message.get("headers") or ()),
-                (b"x-amzn-requestid", self.request_id.encode("latin-1")),
+                (b"x-amzn-requestid", self.request_id.encode()),
             ]
             self.status = message["status"]
             plan = self._plan
-            if plan.observed:
-                if plan.complete_hooks:
-                    self.integration_latency = int((_perf_counter() - self._app_start) * 1000)
-                if plan.response_hooks:
-                    head = ResponseHead(self.status, headers)
-                    request = self._request or self._req()
-                    for policy in plan.response_hooks:
-                        try:
-                            policy.on_response(request, self, head)
-                        except Exception:
-                            logger.exception("on_response of %s failed", type(policy).__name__)
-                    headers = head.headers
+            if plan.complete_hooks:
+                self.integration_latency = int((_perf_counter() - self._app_start) * 1000)
+            if plan.response_hooks:
+                head = ResponseHead(self.status, headers)
+                request = self._request or self._req()
+                for policy in plan.response_hooks:
+                    try:
+                        policy.on_response(request, self, head)
+                    except Exception:
+                        logger.exception("on_response of %s failed", type(policy).__name__)
+                headers = head.headers
             message["headers"] = headers
         elif self._state != _STARTED:
             return _nothing()
