@@ -23,7 +23,14 @@ from typing import Any
 from .context import RequestContext, _next_id, _once, new_request_id
 from .effects import ReadBody
 from .gateway import Gateway, logger
-from .pipeline import BodyTooLarge, ClientDisconnect, ResponseHead, _Pending, _Plan
+from .pipeline import (
+    _BODY_TOO_LARGE,
+    BodyTooLarge,
+    ClientDisconnect,
+    ResponseHead,
+    _Pending,
+    _Plan,
+)
 from .request import Request
 from .responses import Deny, GatewayResponses, Respond
 from .routes import Stage
@@ -80,7 +87,11 @@ async def _read_body(receive: Receive, limit: int | None) -> bytes:
         if limit is not None and len(body) > limit:
             raise BodyTooLarge
         return body
-    # The rest of a body sent in several messages.
+    return await _read_rest(message, receive, limit)
+
+
+async def _read_rest(message: Message, receive: Receive, limit: int | None) -> bytes:
+    """The body of which ``message`` is the first message, read on within ``limit``."""
     chunks: list[bytes] = []
     size = 0
     first = True
@@ -247,20 +258,38 @@ class GatewayMiddleware:
             if decision is None and plan.phases:
                 pipeline = gw.pipeline
                 try:
-                    outcome = pipeline.start(plan, request, ctx)
-                    if type(outcome) is _Pending and type(outcome.effect) is ReadBody:
-                        # A flow waits for the body: read it here, without the effect
-                        # machinery, and run on.
+                    if plan.reads_body and (content_length is not None or chunked):
+                        # A flow will read the body: read it before the plan runs, so that
+                        # the flow finds it in ``request.body`` and decides on the spot.
+                        limit = gw.max_body_size
+                        message = await receive()
                         try:
-                            body = await _read_body(receive, gw.max_body_size)
-                        except BodyTooLarge:
-                            outcome = pipeline.too_large(outcome)
-                        else:
+                            if message["type"] == "http.request" and not message.get(
+                                "more_body", False
+                            ):  # the whole body in one message (_read_body, inline)
+                                body = message.get("body", b"")
+                                if limit is not None and len(body) > limit:
+                                    raise BodyTooLarge
+                            else:
+                                body = await _read_rest(message, receive, limit)
                             request._body = body
-                            outcome = pipeline.resume(plan, request, ctx, outcome, body)
-                    if type(outcome) is _Pending:
-                        outcome = await pipeline.finish_async(plan, request, ctx, outcome)
-                    decision = outcome  # type: ignore[assignment]
+                        except BodyTooLarge:
+                            decision = _BODY_TOO_LARGE
+                    if decision is None:
+                        outcome = pipeline.start(plan, request, ctx)
+                        if type(outcome) is _Pending and type(outcome.effect) is ReadBody:
+                            # A flow waits for the body: read it here, without the effect
+                            # machinery, and run on.
+                            try:
+                                body = await _read_body(receive, gw.max_body_size)
+                            except BodyTooLarge:
+                                outcome = pipeline.too_large(outcome)
+                            else:
+                                request._body = body
+                                outcome = pipeline.resume(plan, request, ctx, outcome, body)
+                        if type(outcome) is _Pending:
+                            outcome = await pipeline.finish_async(plan, request, ctx, outcome)
+                        decision = outcome  # type: ignore[assignment]
                 except ClientDisconnect:
                     if plan.complete_hooks:
                         gw.complete_hooks(plan, request, ctx)

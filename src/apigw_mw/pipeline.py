@@ -156,6 +156,9 @@ class BasePolicy:
     #: When set, ``flow`` runs only for requests with one of these methods (``Cors``:
     #: ``{"OPTIONS"}``); the hooks still run for every request the policy applies to.
     flow_methods: ClassVar[frozenset[str] | None] = None
+    #: ``True`` when ``flow`` reads the body of most requests that carry one: the adapters
+    #: then read it before the plan runs, and ``request.body`` holds it from the start.
+    reads_body: bool = False
 
     def __init__(self, *, routes: Iterable[str] | None = None) -> None:
         self.routes = _routes_arg(routes, f"{type(self).__name__}.routes")
@@ -228,6 +231,7 @@ class _Plan:
         "method_bound",
         "observed",
         "phases",
+        "reads_body",
         "request_hooks",
         "response_hooks",
         "simple",
@@ -248,6 +252,8 @@ class _Plan:
         self.complete_hooks = complete_hooks or []
         # Something looks at the response: the adapters time the app and count its bytes.
         self.observed = bool(self.response_hooks or self.complete_hooks)
+        # A flow reads the body: the adapters read it first (when the request has one).
+        self.reads_body = any(getattr(p, "reads_body", False) for ph in phases for p in ph)
         # No flow is a generator function: the plan can run without the effect machinery.
         self.simple = not any(
             inspect.isgeneratorfunction(getattr(p, "flow", None)) for ph in phases for p in ph

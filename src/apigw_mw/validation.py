@@ -837,6 +837,10 @@ class RequestValidator(BasePolicy):
                 default,
             )
         self._router = Router(RoutePattern.parse(k) for k in self._entries)
+        # Some route checks a body: the adapters read bodies before the plan runs.
+        self.reads_body = any(
+            e.bodies is not None or e.default is not None for e in self._entries.values()
+        )
         self._base_path: str | None = None
         self._base_slash = ""
 
@@ -929,11 +933,16 @@ class RequestValidator(BasePolicy):
             schema = entry.schema_for(_content_type(request))
             if schema is None:
                 return self._unmatched(request)
-        # A body another policy has read already comes back from the effect at once.
+        body = request._body
+        if body is not None:  # read already: by the adapter (``reads_body``) or a policy
+            return self._decide(schema, body)
         return self._read_and_check(request, schema)
 
     def _read_and_check(self, request: Request, schema: _Schema) -> Generator[Any, Any, Decision]:
         body = yield request.read_body()
+        return self._decide(schema, body)
+
+    def _decide(self, schema: _Schema, body: bytes) -> Decision:
         # The common case, a valid JSON body, costs one parse and one ``is_valid``. Anything
         # else (an empty body, a body the strict parser leaves to the reference parser, an
         # invalid document, a recursion limit) is decided by _check, which handles each case

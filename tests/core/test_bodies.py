@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from apigw_mw import Allow, BasePolicy, Cors, GatewayMiddleware, Phase, WSGIGatewayMiddleware
+from apigw_mw import (
+    Allow,
+    BasePolicy,
+    Cors,
+    Deny,
+    GatewayMiddleware,
+    Phase,
+    WSGIGatewayMiddleware,
+)
 from tests.core import drive
 
 BINARY = bytes(range(256)) * 3
@@ -30,6 +38,30 @@ class ReadsBody(BasePolicy):
         assert again is body
         self.seen.append((before, body))
         return Allow(authorizer={"length": len(body)})
+
+
+class ReadsFirst(ReadsBody):
+    """Says it reads bodies (``reads_body``): the gateway reads the body before the flow."""
+
+    reads_body = True
+
+
+class DecidesOnTheBody(BasePolicy):
+    """A plain flow (no generator) that relies on ``reads_body`` and reads ``request.body``."""
+
+    phase = Phase.VALIDATE
+    reads_body = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[bytes | None] = []
+
+    def flow(self, request: Any, context: Any) -> Any:
+        body = request.body
+        self.bodies.append(body)
+        if body is not None and b"forbidden" in body:
+            return Deny("ACCESS_DENIED")
+        return None
 
 
 class LooksOnly(BasePolicy):
@@ -59,6 +91,42 @@ def test_body_read_by_a_policy_is_replayed_byte_for_byte(make_client, body):
     assert reader.seen == [(None, body)]
     assert r.seen[0].body == body
     assert r.json()["context"]["authorizer"] == {"length": len(body)}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [pytest.param(b'{"name": "rex"}', id="json"), pytest.param(BINARY, id="binary")],
+)
+def test_a_policy_that_reads_bodies_finds_the_body_before_its_flow(make_client, body):
+    reader = ReadsFirst()
+    r = make_client([reader]).post("/upload", content=body)
+    assert r.status_code == 200
+    assert reader.seen == [(body, body)]  # buffered before the flow ran
+    assert r.seen[0].body == body  # and replayed to the app byte for byte
+    assert r.json()["context"]["authorizer"] == {"length": len(body)}
+
+
+def test_a_plain_flow_decides_on_the_body_read_for_it(make_client):
+    policy = DecidesOnTheBody()
+    client = make_client([policy])
+    ok = client.post("/upload", content=b"fine")
+    denied = client.post("/upload", content=b"this is forbidden")
+    assert ok.status_code == 200
+    assert ok.seen[0].body == b"fine"
+    assert denied.status_code == 403
+    assert denied.json() == {"message": "User is not authorized to access this resource"}
+    assert denied.seen == []  # nothing reached the app
+    assert policy.bodies == [b"fine", b"this is forbidden"]
+
+
+def test_a_request_without_a_body_is_not_read_up_front(make_client):
+    # No Content-Length and no Transfer-Encoding: nothing to read. A flow that asks anyway
+    # gets b"" through the effect.
+    plain, reader = DecidesOnTheBody(), ReadsFirst()
+    r = make_client([plain, reader]).get("/nothing")
+    assert r.status_code == 200
+    assert plain.bodies == [None]
+    assert reader.seen == [(None, b"")]
 
 
 def test_body_is_not_read_unless_a_policy_asks(make_client):
@@ -93,6 +161,10 @@ def test_no_limit(make_client):
 # -- ASGI: bodies in several messages -----------------------------------------------------
 
 CHUNKED = [(b"transfer-encoding", b"chunked")]
+# No policy; a flow that reads the body through the effect; a policy that says it reads
+# bodies, whose body the gateway reads before the plan runs.
+READERS = [[], [ReadsBody()], [ReadsFirst()]]
+READER_IDS = ["no-policy", "reading-policy", "reads-body-policy"]
 
 
 def _asgi(policies: list[Any], **kw: Any) -> tuple[drive.EchoApp, GatewayMiddleware]:
@@ -100,7 +172,7 @@ def _asgi(policies: list[Any], **kw: Any) -> tuple[drive.EchoApp, GatewayMiddlew
     return app, GatewayMiddleware(app, policies=policies, **kw)
 
 
-@pytest.mark.parametrize("policies", [[], [ReadsBody()]], ids=["no-policy", "reading-policy"])
+@pytest.mark.parametrize("policies", READERS, ids=READER_IDS)
 def test_asgi_chunked_upload_in_several_messages(policies):
     chunks = [b"first,", b"", b"second,", BINARY]
     app, gw = _asgi(policies)
@@ -110,7 +182,7 @@ def test_asgi_chunked_upload_in_several_messages(policies):
     assert app.calls[0]["body"] == b"".join(chunks)
 
 
-@pytest.mark.parametrize("policies", [[], [ReadsBody()]], ids=["no-policy", "reading-policy"])
+@pytest.mark.parametrize("policies", READERS, ids=READER_IDS)
 def test_asgi_streamed_body_cut_at_the_limit(policies, caplog):
     app, gw = _asgi(policies, max_body_size=10)
     with caplog.at_level(logging.WARNING):
@@ -128,7 +200,7 @@ def test_asgi_streamed_body_at_the_limit_passes():
     assert r.body == b"1234567890"
 
 
-@pytest.mark.parametrize("policies", [[], [ReadsBody()]], ids=["no-policy", "reading-policy"])
+@pytest.mark.parametrize("policies", READERS, ids=READER_IDS)
 def test_asgi_client_disconnect_mid_body_is_quiet(policies, caplog):
     app, gw = _asgi(policies)
     with caplog.at_level(logging.DEBUG):
@@ -146,13 +218,14 @@ def test_asgi_client_disconnect_mid_body_is_quiet(policies, caplog):
     assert [rec for rec in caplog.records if rec.levelno >= logging.WARNING] == []
 
 
-def test_asgi_content_length_over_limit_never_reads_the_body():
+@pytest.mark.parametrize("reader_class", [ReadsBody, ReadsFirst])
+def test_asgi_content_length_over_limit_never_reads_the_body(reader_class):
     received = []
 
     async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         raise AssertionError("the app must not be called")
 
-    gw = GatewayMiddleware(app, policies=[ReadsBody()], max_body_size=4)
+    gw = GatewayMiddleware(app, policies=[reader_class()], max_body_size=4)
     scope = drive.scope("POST", "/up", headers=[(b"content-length", b"5")])
 
     async def receive():  # type: ignore[no-untyped-def]
@@ -219,7 +292,7 @@ def test_asgi_a_second_response_start_from_the_app_is_dropped():
 # -- WSGI: bodies without Content-Length ---------------------------------------------------
 
 
-@pytest.mark.parametrize("policies", [[], [ReadsBody()]], ids=["no-policy", "reading-policy"])
+@pytest.mark.parametrize("policies", READERS, ids=READER_IDS)
 def test_wsgi_body_without_length_read_when_input_terminated(policies):
     app = drive.WsgiEcho()
     gw = WSGIGatewayMiddleware(app, policies=policies)
@@ -241,7 +314,7 @@ def test_wsgi_body_without_length_or_terminated_input_is_not_read():
     assert stream.tell() == 0  # the gateway did not touch the stream
 
 
-@pytest.mark.parametrize("policies", [[], [ReadsBody()]], ids=["no-policy", "reading-policy"])
+@pytest.mark.parametrize("policies", READERS, ids=READER_IDS)
 def test_wsgi_terminated_input_cut_at_the_limit(policies, caplog):
     app = drive.WsgiEcho()
     gw = WSGIGatewayMiddleware(app, policies=policies, max_body_size=10)
@@ -253,8 +326,9 @@ def test_wsgi_terminated_input_cut_at_the_limit(policies, caplog):
     assert caplog.records == []
 
 
-def test_wsgi_input_shorter_than_content_length_is_a_client_error(caplog):
-    reader = ReadsBody()
+@pytest.mark.parametrize("reader_class", [ReadsBody, ReadsFirst])
+def test_wsgi_input_shorter_than_content_length_is_a_client_error(caplog, reader_class):
+    reader = reader_class()
     app = drive.WsgiEcho()
     gw = WSGIGatewayMiddleware(app, policies=[reader])
     env = drive.environ("POST", "/up", body=b"short", content_length="100")

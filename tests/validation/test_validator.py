@@ -10,6 +10,7 @@ import pytest
 from apigw_mw import (
     BasePolicy,
     ConfigurationError,
+    GatewayMiddleware,
     GatewayResponse,
     GatewayResponses,
     Phase,
@@ -360,6 +361,31 @@ def test_huge_body_is_413_and_never_reaches_the_app(make_client):
     )
     assert r.status_code == 413
     assert r.seen == []
+
+
+def test_streamed_body_over_the_limit_is_413_and_never_reaches_the_app():
+    # No Content-Length to refuse up front: the body is read (before the plan runs, as the
+    # validator reads bodies) and cut at the limit.
+    from tests.core import drive
+
+    app = drive.EchoApp()
+    gw = GatewayMiddleware(app, policies=[validator()], max_body_size=64)
+    headers = [(b"h1", b"x"), (b"content-type", b"application/json")]
+    headers.append((b"transfer-encoding", b"chunked"))
+    r = drive.run(gw, drive.scope("POST", "/validation", headers=headers), [b"{" * 40, b"x" * 40])
+    assert r.status == 413
+    assert r.json() == {"message": "Request Too Long"}
+    assert app.calls == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"), [("BODY_AND_PARAMS", True), ("BODY", True), ("PARAMS", False)]
+)
+def test_the_validator_says_whether_it_reads_bodies(mode, expected):
+    # The adapters read the body before the plan runs only when some route checks bodies.
+    assert validator(mode=mode).reads_body is expected
+    only_params = RequestValidator(routes={"GET /q": RouteModel(query=["q"])})
+    assert only_params.reads_body is False
 
 
 @pytest.mark.parametrize(
