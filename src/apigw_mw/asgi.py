@@ -305,7 +305,8 @@ class GatewayMiddleware:
             ex._plan = plan
             buffered = request._body
             if buffered is not None:
-                receive = _replay(buffered, receive)
+                ex._replay_body = buffered
+                receive = ex._replayed
                 chunked = False
         if plan.complete_hooks:
             ex._app_start = _perf_counter()  # for the integration latency they read
@@ -410,6 +411,7 @@ class _Exchange(RequestContext):
     _timed_out = False
     _limited: _Limited | None = None
     _task: asyncio.Task[Any] | None = None
+    _replay_body: bytes | None = None
 
     @_once
     def http_method(self) -> str:
@@ -470,6 +472,15 @@ class _Exchange(RequestContext):
         elif message["type"] == "http.response.body" and self._plan.complete_hooks:
             self.response_length = (self.response_length or 0) + len(message.get("body", b""))
         return self._server_send(message)
+
+    async def _replayed(self) -> Message:
+        """The app's ``receive`` once the gateway has read the body: the body, then the
+        server's ``receive``."""
+        body = self._replay_body
+        if body is not None:
+            self._replay_body = None
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await self._receive()
 
     def _expire(self) -> None:
         """Called by the watchdog once the deadline passed without a response start."""
@@ -551,20 +562,6 @@ async def _respond(
 ) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands the buffered body to the app, then defers to the server."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 class _Limited:

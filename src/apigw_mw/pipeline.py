@@ -228,8 +228,10 @@ class _Plan:
     __slots__ = (
         "_by_method",
         "complete_hooks",
+        "flat",
         "method_bound",
         "observed",
+        "offsets",
         "phases",
         "reads_body",
         "request_hooks",
@@ -252,6 +254,14 @@ class _Plan:
         self.complete_hooks = complete_hooks or []
         # Something looks at the response: the adapters time the app and count its bytes.
         self.observed = bool(self.response_hooks or self.complete_hooks)
+        # Every flow in order, as (phase, position, policy, last of its phase), and where
+        # each phase starts in that order: what a run of plain flows steps through.
+        self.flat = tuple(
+            (i, j, p, j == len(ph) - 1) for i, ph in enumerate(phases) for j, p in enumerate(ph)
+        )
+        self.offsets = [0]
+        for ph in phases:
+            self.offsets.append(self.offsets[-1] + len(ph))
         # A flow reads the body: the adapters read it first (when the request has one).
         self.reads_body = any(getattr(p, "reads_body", False) for ph in phases for p in ph)
         # No flow is a generator function: the plan can run without the effect machinery.
@@ -584,25 +594,26 @@ def _run_simple(
     plan: _Plan, request: Request, ctx: RequestContext, phase: int, position: int
 ) -> Outcome | _Pending:
     """Run a plan of plain flows from ``(phase, position)``: no generators, no batches."""
-    for i, policies in enumerate(plan.phases[phase:] if phase else plan.phases, phase):
-        first = position if i == phase else 0
-        for j, policy in enumerate(policies[first:] if first else policies, first):
-            try:
-                result = policy.flow(request, ctx)
-            except (ClientDisconnect, BodyTooLarge):
-                raise
-            except Exception as exc:
-                return _policy_failed(policy, exc)
-            if result is None:
-                continue
-            if type(result) is GeneratorType:
-                outcome = _begin_flow(i, j, policy, result, ctx, j == len(policies) - 1)
-            elif _is_effect(result):
-                outcome = _begin_effect(i, j, policy, result, ctx, j == len(policies) - 1)
-            else:
-                outcome = _terminal(result, ctx, policy)
-            if outcome is not None:
-                return outcome
+    flat = plan.flat
+    if phase or position:
+        flat = flat[plan.offsets[phase] + position :]
+    for i, j, policy, last in flat:
+        try:
+            result = policy.flow(request, ctx)
+        except (ClientDisconnect, BodyTooLarge):
+            raise
+        except Exception as exc:
+            return _policy_failed(policy, exc)
+        if result is None:
+            continue
+        if type(result) is GeneratorType:
+            outcome = _begin_flow(i, j, policy, result, ctx, last)
+        elif _is_effect(result):
+            outcome = _begin_effect(i, j, policy, result, ctx, last)
+        else:
+            outcome = _terminal(result, ctx, policy)
+        if outcome is not None:
+            return outcome
     return None
 
 
