@@ -608,6 +608,20 @@ def _run_simple(
             continue
         if type(result) is GeneratorType:
             outcome = _begin_flow(i, j, policy, result, ctx, last)
+        elif last and getattr(getattr(result, "batcher", None), "inline", False):
+            # A returned effect, alone in its phase, whose batcher never blocks (a throttle
+            # on memory): performed here, its outcome the decision (_begin_effect, inline).
+            try:
+                value = result.batcher.run_many_sync([result])[0]
+            except (ClientDisconnect, BodyTooLarge):
+                raise
+            except Exception as exc:
+                return _policy_failed(policy, exc)
+            if value is None:
+                continue
+            if isinstance(value, BaseException):
+                return _policy_failed(policy, value)
+            outcome = _terminal(value, ctx, policy)
         elif _is_effect(result):
             outcome = _begin_effect(i, j, policy, result, ctx, last)
         else:
