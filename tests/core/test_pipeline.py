@@ -471,6 +471,46 @@ def test_returned_effects_that_fail_answer_500(make_client, caplog):
     assert r.seen == []
 
 
+class _Answers:
+    """An inline batcher answering every effect with ``answer``, or raising it."""
+
+    inline = True
+
+    def __init__(self, answer: Any, *, raises: bool = False) -> None:
+        self.answer, self.raises = answer, raises
+
+    def run_many_sync(self, effects: list[Any]) -> list[Any]:
+        if self.raises:
+            raise self.answer
+        return [self.answer] * len(effects)
+
+    async def run_many_async(self, effects: list[Any]) -> list[Any]:  # pragma: no cover
+        return self.run_many_sync(effects)
+
+
+@pytest.mark.parametrize(
+    ("answer", "raises", "status", "authorizer"),
+    [
+        pytest.param(Allow(authorizer={"plan": "gold"}), False, 200, {"plan": "gold"}, id="allow"),
+        pytest.param(Deny("QUOTA_EXCEEDED"), False, 429, None, id="deny"),
+        pytest.param(RuntimeError("store down"), False, 500, None, id="returns an error"),
+        pytest.param(RuntimeError("store down"), True, 500, None, id="raises"),
+        pytest.param("not a decision", False, 500, None, id="not a decision"),
+    ],
+)
+def test_an_effect_alone_in_its_phase_on_an_inline_batcher(
+    make_client, caplog, answer, raises, status, authorizer
+):
+    # Performed where the flow returned it, with the same outcomes as through the machinery.
+    effect = Verdict(_Answers(answer, raises=raises), "k", 1)
+    r = make_client([Returns(effect, Phase.API_KEY)]).get("/x")
+    assert r.status_code == status
+    if status == 200:
+        assert r.json()["context"]["authorizer"] == authorizer
+    else:
+        assert r.seen == []
+
+
 def test_a_returned_call_is_performed_by_the_adapter(make_client):
     allow = Allow(authorizer={"who": "call"})
     r = make_client([Returns(Call(lambda: allow), Phase.AUTHORIZE)]).get("/x")
