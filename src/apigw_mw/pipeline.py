@@ -606,7 +606,14 @@ def _run_simple(
             return _policy_failed(policy, exc)
         if result is None:
             continue
-        if type(result) is GeneratorType:
+        kind = type(result)
+        if kind is Allow:  # an authorizer's answer (_terminal's, without the call)
+            try:
+                _merge(ctx, result)
+            except Exception as exc:  # e.g. an identity attribute that does not exist
+                return _policy_failed(policy, exc)
+            continue
+        if kind is GeneratorType:
             outcome = _begin_flow(i, j, policy, result, ctx, last)
         elif last and getattr(getattr(result, "batcher", None), "inline", False):
             # A returned effect, alone in its phase, whose batcher never blocks (a throttle
