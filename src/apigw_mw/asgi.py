@@ -24,9 +24,11 @@ from .context import RequestContext, _next_id, _once, new_request_id
 from .effects import ReadBody
 from .gateway import Gateway, logger
 from .pipeline import (
-    _BODY_TOO_LARGE,
+    BODY,
+    BODY_FIRST,
     BodyTooLarge,
     ClientDisconnect,
+    Outcome,
     ResponseHead,
     _Pending,
     _Plan,
@@ -258,12 +260,19 @@ class GatewayMiddleware:
             if decision is None and plan.phases:
                 pipeline = gw.pipeline
                 try:
-                    if plan.reads_body and (content_length is not None or chunked):
-                        # A flow will read the body: read it before the plan runs, so that
-                        # the flow finds it in ``request.body`` and decides on the spot.
+                    outcome: Outcome | _Pending
+                    if plan.reads_first and (content_length is not None or chunked):
+                        outcome = BODY_FIRST  # the first flow reads bodies: read it now
+                    else:
+                        outcome = pipeline.start(plan, request, ctx)
+                    if type(outcome) is _Pending and (
+                        outcome.effect is BODY or type(outcome.effect) is ReadBody
+                    ):
+                        # A flow waits for the body, or is about to read it: read it here,
+                        # without the effect machinery, and run on.
                         limit = gw.max_body_size
-                        message = await receive()
                         try:
+                            message = await receive()
                             if message["type"] == "http.request" and not message.get(
                                 "more_body", False
                             ):  # the whole body in one message (_read_body, inline)
@@ -272,24 +281,14 @@ class GatewayMiddleware:
                                     raise BodyTooLarge
                             else:
                                 body = await _read_rest(message, receive, limit)
-                            request._body = body
                         except BodyTooLarge:
-                            decision = _BODY_TOO_LARGE
-                    if decision is None:
-                        outcome = pipeline.start(plan, request, ctx)
-                        if type(outcome) is _Pending and type(outcome.effect) is ReadBody:
-                            # A flow waits for the body: read it here, without the effect
-                            # machinery, and run on.
-                            try:
-                                body = await _read_body(receive, gw.max_body_size)
-                            except BodyTooLarge:
-                                outcome = pipeline.too_large(outcome)
-                            else:
-                                request._body = body
-                                outcome = pipeline.resume(plan, request, ctx, outcome, body)
-                        if type(outcome) is _Pending:
-                            outcome = await pipeline.finish_async(plan, request, ctx, outcome)
-                        decision = outcome  # type: ignore[assignment]
+                            outcome = pipeline.too_large(outcome)
+                        else:
+                            request._body = body
+                            outcome = pipeline.resume(plan, request, ctx, outcome, body)
+                    if type(outcome) is _Pending:
+                        outcome = await pipeline.finish_async(plan, request, ctx, outcome)
+                    decision = outcome  # type: ignore[assignment]
                 except ClientDisconnect:
                     if plan.complete_hooks:
                         gw.complete_hooks(plan, request, ctx)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from time import perf_counter_ns
 from types import GeneratorType
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
 
 from .context import Identity
 from .effects import Effect, ReadBody
@@ -156,8 +156,8 @@ class BasePolicy:
     #: When set, ``flow`` runs only for requests with one of these methods (``Cors``:
     #: ``{"OPTIONS"}``); the hooks still run for every request the policy applies to.
     flow_methods: ClassVar[frozenset[str] | None] = None
-    #: ``True`` when ``flow`` reads the body of most requests that carry one: the adapters
-    #: then read it before the plan runs, and ``request.body`` holds it from the start.
+    #: ``True`` when ``flow`` reads the body of most requests: the gateway then reads it just
+    #: before the flow runs (after the flows before it), and ``request.body`` holds it.
     reads_body: bool = False
 
     def __init__(self, *, routes: Iterable[str] | None = None) -> None:
@@ -233,7 +233,7 @@ class _Plan:
         "observed",
         "offsets",
         "phases",
-        "reads_body",
+        "reads_first",
         "request_hooks",
         "response_hooks",
         "simple",
@@ -254,16 +254,26 @@ class _Plan:
         self.complete_hooks = complete_hooks or []
         # Something looks at the response: the adapters time the app and count its bytes.
         self.observed = bool(self.response_hooks or self.complete_hooks)
-        # Every flow in order, as (phase, position, policy, last of its phase), and where
-        # each phase starts in that order: what a run of plain flows steps through.
+        # Every flow in order, as (phase, position, policy, last of its phase, and for a
+        # flow that reads bodies the _Pending that has the body read before it runs), and
+        # where each phase starts in that order: what a run of plain flows steps through.
         self.flat = tuple(
-            (i, j, p, j == len(ph) - 1) for i, ph in enumerate(phases) for j, p in enumerate(ph)
+            (
+                i,
+                j,
+                p,
+                j == len(ph) - 1,
+                _Pending(i, j, p, None, BODY) if getattr(p, "reads_body", False) else None,
+            )
+            for i, ph in enumerate(phases)
+            for j, p in enumerate(ph)
         )
         self.offsets = [0]
         for ph in phases:
             self.offsets.append(self.offsets[-1] + len(ph))
-        # A flow reads the body: the adapters read it first (when the request has one).
-        self.reads_body = any(getattr(p, "reads_body", False) for ph in phases for p in ph)
+        # The plan's first flow reads bodies: the adapters may read the body before the plan
+        # runs (nothing that could refuse the request earlier is skipped).
+        self.reads_first = bool(self.flat) and self.flat[0][4] is not None
         # No flow is a generator function: the plan can run without the effect machinery.
         self.simple = not any(
             inspect.isgeneratorfunction(getattr(p, "flow", None)) for ph in phases for p in ph
@@ -468,6 +478,8 @@ class Pipeline:
     ) -> Outcome | _Pending:
         """Hand ``value`` (or raise it, with ``error``) to the flow waiting in ``pending``
         and run on as far as no awaiting is needed, as :meth:`start` does."""
+        if pending.effect is BODY:  # the body, read for the flow about to run
+            return _after_body(plan, request, ctx, pending, value, error)
         alone = pending.position == len(plan.phases[pending.phase]) - 1
         state, x = _step(pending.policy, pending.gen, value, error, alone)
         if state == "effect":
@@ -483,7 +495,8 @@ class Pipeline:
     @staticmethod
     def too_large(pending: _Pending) -> Outcome:
         """The answer when the body a flow waits for is over the limit."""
-        pending.gen.close()
+        if pending.gen is not None:
+            pending.gen.close()
         return _BODY_TOO_LARGE
 
     async def finish_async(
@@ -527,10 +540,22 @@ class Pipeline:
         return None
 
 
+class _Body:
+    """The effect of a :class:`_Pending` that waits for the body before a flow runs."""
+
+    def __repr__(self) -> str:
+        return "BODY"
+
+
+BODY: Final = _Body()
+
+
 class _Pending:
     """A plain flow returned a generator that yielded ``effect``, which cannot be performed
     on the spot: the rest of the plan waits for it. (``phase`` -1: the plan needs the batch
-    machinery from the start.)"""
+    machinery from the start. ``effect`` :data:`BODY`: the body is to be read for the flow
+    at ``(phase, position)``, which has not run yet; such a _Pending is built once, with the
+    plan, and shared.)"""
 
     __slots__ = ("effect", "gen", "phase", "policy", "position")
 
@@ -542,6 +567,11 @@ class _Pending:
         self.policy = policy
         self.gen = gen
         self.effect = effect
+
+
+#: What an adapter hands :meth:`Pipeline.resume`, with the body, when it has read the body
+#: before a plan whose first flow reads bodies (``_Plan.reads_first``): run from the start.
+BODY_FIRST = _Pending(0, 0, None, None, BODY)
 
 
 class _Fast:
@@ -561,10 +591,17 @@ class _Fast:
 
     def begin(self, pending: _Pending) -> tuple[str, Any]:
         self.pending = pending
+        if pending.effect is BODY:  # the body, for the flow about to run
+            return "perform", ReadBody(self.request)
         return self._after("effect", pending.effect)
 
     def resume(self, value: Any, error: bool) -> tuple[str, Any]:
         p = self.pending
+        if p.effect is BODY:  # the body, read for the flow about to run
+            outcome = _after_body(self.plan, self.request, self.ctx, p, value, error)
+            if type(outcome) is not _Pending:
+                return "done", outcome
+            return self.begin(outcome)
         alone = p.position == len(self.plan.phases[p.phase]) - 1
         return self._after(*_step(p.policy, p.gen, value, error, alone))
 
@@ -590,6 +627,17 @@ class _Fast:
         return self.begin(outcome)
 
 
+def _after_body(
+    plan: _Plan, request: Request, ctx: RequestContext, pending: _Pending, value: Any, error: bool
+) -> Outcome | _Pending:
+    """Run on from the flow the body was read for (``request.body`` holds it now)."""
+    if error:
+        return _policy_failed(pending.policy, value)
+    if request._body is None:
+        request._set_body(value)
+    return _run_simple(plan, request, ctx, pending.phase, pending.position)
+
+
 def _run_simple(
     plan: _Plan, request: Request, ctx: RequestContext, phase: int, position: int
 ) -> Outcome | _Pending:
@@ -597,7 +645,11 @@ def _run_simple(
     flat = plan.flat
     if phase or position:
         flat = flat[plan.offsets[phase] + position :]
-    for i, j, policy, last in flat:
+    for i, j, policy, last, body_first in flat:
+        if body_first is not None and request._body is None:
+            # The flow reads bodies (``reads_body``): the body first, then the flow, which
+            # finds it in ``request.body``.
+            return body_first
         try:
             result = policy.flow(request, ctx)
         except (ClientDisconnect, BodyTooLarge):
@@ -911,6 +963,12 @@ def _run_phase(
                 return decision
             continue
         else:
+            if request._body is None and getattr(policy, "reads_body", False):
+                # The flow reads bodies: the body first, which ``request.body`` then holds.
+                read = (yield [ReadBody(request)])[0]
+                if isinstance(read, BaseException):
+                    _close(waiting)
+                    return _policy_failed(policy, read)
             try:
                 result = policy.flow(request, ctx)
             except (ClientDisconnect, BodyTooLarge):

@@ -837,7 +837,7 @@ class RequestValidator(BasePolicy):
                 default,
             )
         self._router = Router(RoutePattern.parse(k) for k in self._entries)
-        # Some route checks a body: the adapters read bodies before the plan runs.
+        # Some route checks a body: the gateway reads the body before this flow runs.
         self.reads_body = any(
             e.bodies is not None or e.default is not None for e in self._entries.values()
         )
@@ -934,7 +934,7 @@ class RequestValidator(BasePolicy):
             if schema is None:
                 return self._unmatched(request)
         body = request._body
-        if body is not None:  # read already: by the adapter (``reads_body``) or a policy
+        if body is not None:  # read already: for this flow (``reads_body``) or by a policy
             return self._decide(schema, body)
         return self._read_and_check(request, schema)
 

@@ -181,17 +181,7 @@ class WSGIGatewayMiddleware:
             decision = gw.too_large(content_length.encode("latin-1", "replace"))
         if decision is None and plan.phases:
             try:
-                if plan.reads_body and (
-                    content_length is not None or environ.get("wsgi.input_terminated")
-                ):
-                    # A flow will read the body: read it first, so that the flow finds it
-                    # in ``request.body`` and decides on the spot.
-                    try:
-                        request._set_body(request._reader().read_sync())
-                    except BodyTooLarge:
-                        decision = _TOO_LARGE
-                if decision is None:
-                    decision = gw.pipeline.run_sync(plan, request, ctx)
+                decision = gw.pipeline.run_sync(plan, request, ctx)
             except ClientDisconnect:
                 decision = Deny("DEFAULT_4XX", "Bad Request")
         if decision is not None:

@@ -119,14 +119,56 @@ def test_a_plain_flow_decides_on_the_body_read_for_it(make_client):
     assert policy.bodies == [b"fine", b"this is forbidden"]
 
 
-def test_a_request_without_a_body_is_not_read_up_front(make_client):
-    # No Content-Length and no Transfer-Encoding: nothing to read. A flow that asks anyway
-    # gets b"" through the effect.
+def test_a_request_without_a_body_reads_as_empty(make_client):
     plain, reader = DecidesOnTheBody(), ReadsFirst()
     r = make_client([plain, reader]).get("/nothing")
     assert r.status_code == 200
-    assert plain.bodies == [None]
-    assert reader.seen == [(None, b"")]
+    assert plain.bodies == [b""]
+    assert reader.seen == [(b"", b"")]
+
+
+class RefusesEveryone(BasePolicy):
+    phase = Phase.AUTHORIZE  # before VALIDATE, where the body readers run
+
+    def flow(self, request: Any, context: Any) -> Any:
+        return Deny("ACCESS_DENIED")
+
+
+@pytest.mark.parametrize("reader_class", [DecidesOnTheBody, ReadsFirst])
+def test_a_body_is_not_read_for_a_request_refused_before_its_reader(reader_class):
+    # The body is read just before the first flow that reads bodies, after the cheaper checks
+    # of the earlier phases: a refused request's body is never read.
+    received = []
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        raise AssertionError("the app must not be called")
+
+    async def receive():  # type: ignore[no-untyped-def]
+        received.append(1)
+        return {"type": "http.request", "body": b"payload"}
+
+    messages: list[Any] = []
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        messages.append(message)
+
+    import asyncio
+
+    policies = [reader_class(), RefusesEveryone()]
+    headers = [(b"content-length", b"7")]
+    asyncio.run(
+        GatewayMiddleware(app, policies=policies)(
+            drive.scope("POST", "/up", headers=headers), receive, send
+        )
+    )
+    assert messages[0]["status"] == 403
+    assert received == []
+
+    wsgi = WSGIGatewayMiddleware(drive.WsgiEcho(), policies=[reader_class(), RefusesEveryone()])
+    env = drive.environ("POST", "/up", body=b"payload", content_length="7")
+    r = drive.call_wsgi(wsgi, env)
+    assert r.status == 403
+    assert env["wsgi.input"].tell() == 0
 
 
 def test_body_is_not_read_unless_a_policy_asks(make_client):

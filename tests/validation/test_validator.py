@@ -364,8 +364,8 @@ def test_huge_body_is_413_and_never_reaches_the_app(make_client):
 
 
 def test_streamed_body_over_the_limit_is_413_and_never_reaches_the_app():
-    # No Content-Length to refuse up front: the body is read (before the plan runs, as the
-    # validator reads bodies) and cut at the limit.
+    # No Content-Length to refuse up front: the body is read (for the validator, which says
+    # it reads bodies) and cut at the limit.
     from tests.core import drive
 
     app = drive.EchoApp()
@@ -382,7 +382,7 @@ def test_streamed_body_over_the_limit_is_413_and_never_reaches_the_app():
     ("mode", "expected"), [("BODY_AND_PARAMS", True), ("BODY", True), ("PARAMS", False)]
 )
 def test_the_validator_says_whether_it_reads_bodies(mode, expected):
-    # The adapters read the body before the plan runs only when some route checks bodies.
+    # The gateway reads the body for the validator only when some route checks bodies.
     assert validator(mode=mode).reads_body is expected
     only_params = RequestValidator(routes={"GET /q": RouteModel(query=["q"])})
     assert only_params.reads_body is False
