@@ -32,6 +32,7 @@ from .pipeline import (
     ResponseHead,
     _Pending,
     _Plan,
+    _run_simple,
 )
 from .request import Request
 from .responses import Deny, GatewayResponses, Respond
@@ -285,7 +286,12 @@ class GatewayMiddleware:
                             outcome = pipeline.too_large(outcome)
                         else:
                             request._body = body
-                            outcome = pipeline.resume(plan, request, ctx, outcome, body)
+                            if outcome.effect is BODY:  # no flow waits: run on from that one
+                                outcome = _run_simple(
+                                    plan, request, ctx, outcome.phase, outcome.position
+                                )
+                            else:
+                                outcome = pipeline.resume(plan, request, ctx, outcome, body)
                     if type(outcome) is _Pending:
                         outcome = await pipeline.finish_async(plan, request, ctx, outcome)
                     decision = outcome  # type: ignore[assignment]
