@@ -32,7 +32,6 @@ from .pipeline import (
     ResponseHead,
     _Pending,
     _Plan,
-    _run_simple,
 )
 from .request import Request
 from .responses import Deny, GatewayResponses, Respond
@@ -84,13 +83,19 @@ async def _read_body(receive: Receive, limit: int | None) -> bytes:
     """The whole request body from ``receive``, within ``limit`` bytes (else
     :class:`BodyTooLarge`); :class:`ClientDisconnect` when the client goes away."""
     message = await receive()
-    # The common case: the whole body in one message.
+    body = _whole(message, limit)
+    return body if body is not None else await _read_rest(message, receive, limit)
+
+
+def _whole(message: Message, limit: int | None) -> bytes | None:
+    """The body when ``message`` holds all of it (the common case), else ``None``;
+    :class:`BodyTooLarge` past ``limit``."""
     if message["type"] == "http.request" and not message.get("more_body", False):
         body: bytes = message.get("body", b"")
         if limit is not None and len(body) > limit:
             raise BodyTooLarge
         return body
-    return await _read_rest(message, receive, limit)
+    return None
 
 
 async def _read_rest(message: Message, receive: Receive, limit: int | None) -> bytes:
@@ -271,27 +276,18 @@ class GatewayMiddleware:
                     ):
                         # A flow waits for the body, or is about to read it: read it here,
                         # without the effect machinery, and run on.
+                        # _read_body, without a coroutine of its own in the common case.
                         limit = gw.max_body_size
                         try:
                             message = await receive()
-                            if message["type"] == "http.request" and not message.get(
-                                "more_body", False
-                            ):  # the whole body in one message (_read_body, inline)
-                                body = message.get("body", b"")
-                                if limit is not None and len(body) > limit:
-                                    raise BodyTooLarge
-                            else:
-                                body = await _read_rest(message, receive, limit)
+                            read = _whole(message, limit)
+                            if read is None:
+                                read = await _read_rest(message, receive, limit)
                         except BodyTooLarge:
                             outcome = pipeline.too_large(outcome)
                         else:
-                            request._body = body
-                            if outcome.effect is BODY:  # no flow waits: run on from that one
-                                outcome = _run_simple(
-                                    plan, request, ctx, outcome.phase, outcome.position
-                                )
-                            else:
-                                outcome = pipeline.resume(plan, request, ctx, outcome, body)
+                            request._body = read
+                            outcome = pipeline.resume(plan, request, ctx, outcome, read)
                     if type(outcome) is _Pending:
                         outcome = await pipeline.finish_async(plan, request, ctx, outcome)
                     decision = outcome  # type: ignore[assignment]

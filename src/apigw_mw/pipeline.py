@@ -659,28 +659,15 @@ def _run_simple(
         if result is None:
             continue
         kind = type(result)
-        if kind is Allow:  # an authorizer's answer (_terminal's, without the call)
-            try:
-                _merge(ctx, result)
-            except Exception as exc:  # e.g. an identity attribute that does not exist
-                return _policy_failed(policy, exc)
-            continue
-        if kind is GeneratorType:
+        outcome: Outcome | _Pending
+        if kind is Allow:  # an authorizer's answer: _terminal's case, looked for first
+            outcome = _allow(ctx, result, policy)
+        elif kind is GeneratorType:
             outcome = _begin_flow(i, j, policy, result, ctx, last)
         elif last and getattr(getattr(result, "batcher", None), "inline", False):
-            # A returned effect, alone in its phase, whose batcher never blocks (a throttle
-            # on memory): performed here, its outcome the decision (_begin_effect, inline).
-            try:
-                value = result.batcher.run_many_sync([result])[0]
-            except (ClientDisconnect, BodyTooLarge):
-                raise
-            except Exception as exc:
-                return _policy_failed(policy, exc)
-            if value is None:
-                continue
-            if isinstance(value, BaseException):
-                return _policy_failed(policy, value)
-            outcome = _terminal(value, ctx, policy)
+            # A returned effect alone in its phase on a batcher that never blocks (a
+            # throttle on memory): _begin_effect's first case, without probing for the rest.
+            outcome = _perform_alone(policy, result, result.batcher, ctx)
         elif _is_effect(result):
             outcome = _begin_effect(i, j, policy, result, ctx, last)
         else:
@@ -709,6 +696,10 @@ def _begin_effect(
 ) -> Outcome | _Pending:
     """A flow returned an effect, whose outcome is its decision: decided on the spot when
     the effect can be performed there, else a :class:`_Pending`."""
+    if alone:
+        batcher = getattr(effect, "batcher", None)
+        if batcher is not None and getattr(batcher, "inline", False):
+            return _perform_alone(policy, effect, batcher, ctx)
     here = _on_the_spot(effect, alone)
     if here is None:
         gen = _yielding(effect)
@@ -716,6 +707,22 @@ def _begin_effect(
         return _Pending(i, j, policy, gen, effect)
     value, is_error = here
     if is_error:
+        return _policy_failed(policy, value)
+    return _terminal(value, ctx, policy)
+
+
+def _perform_alone(policy: Any, effect: Any, batcher: Any, ctx: RequestContext) -> Outcome:
+    """The decision of a returned effect that nothing is left to batch with, performed here
+    by its batcher, which never blocks."""
+    try:
+        value = batcher.run_many_sync([effect])[0]
+    except (ClientDisconnect, BodyTooLarge):
+        raise
+    except Exception as exc:
+        return _policy_failed(policy, exc)
+    if value is None:
+        return None
+    if isinstance(value, BaseException):
         return _policy_failed(policy, value)
     return _terminal(value, ctx, policy)
 
@@ -833,6 +840,15 @@ def _merge(ctx: RequestContext, allow: Allow) -> None:
             setattr(identity, key, value)
 
 
+def _allow(ctx: RequestContext, allow: Allow, policy: Any) -> Outcome:
+    """Merge an :class:`Allow` into the context: ``None``, or 500 if it cannot be merged."""
+    try:
+        _merge(ctx, allow)
+    except Exception as exc:  # e.g. an identity attribute that does not exist
+        return _policy_failed(policy, exc)
+    return None
+
+
 def _terminal(decision: Any, ctx: RequestContext, policy: Any = None) -> Outcome:
     """``decision`` if it ends the request; merges an Allow and returns None otherwise."""
     if decision is None:
@@ -840,11 +856,7 @@ def _terminal(decision: Any, ctx: RequestContext, policy: Any = None) -> Outcome
     if isinstance(decision, (Deny, Respond)):
         return decision
     if isinstance(decision, Allow):
-        try:
-            _merge(ctx, decision)
-        except Exception as exc:  # e.g. an identity attribute that does not exist
-            return _policy_failed(policy, exc)
-        return None
+        return _allow(ctx, decision, policy)
     logger.error(
         "policy %s returned %r, not a decision; answering 500 API_CONFIGURATION_ERROR",
         type(policy).__name__,
