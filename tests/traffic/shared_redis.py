@@ -3,6 +3,8 @@ per phase, and limits and quotas shared by separate gateways."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +22,42 @@ from apigw_mw import (
 )
 
 ALICE = "Fq3sY0cXk1wQ0pZl8mTn2bVx"
+
+
+# -- servers the tests start ------------------------------------------------------------------
+
+
+def wait_until(ready: Callable[[], object], what: str) -> None:
+    """Poll ``ready`` (Redis errors count as not yet) for up to 20 s."""
+    import redis
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if ready():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test {what} did not come up")
+        time.sleep(0.05)
+
+
+def stop_servers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the servers, killing any that has not exited 10 s later."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def command_calls(node: Any, *commands: str) -> int:
+    """How many times the server behind client ``node`` has run these commands so far."""
+    stats = node.info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in commands)
 
 
 def new_prefix() -> str:

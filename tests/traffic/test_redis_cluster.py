@@ -9,7 +9,6 @@ import random
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -22,10 +21,13 @@ from .conftest import FakeClock, need_binaries
 from .shared_redis import (
     ALICE,
     check_limits_hold_across_gateways,
+    command_calls,
     every_level,
     new_prefix,
     scripts_for_three_requests,
+    stop_servers,
     store_maker,
+    wait_until,
 )
 
 # The shared tables run here again on the cluster, through the ``store`` fixture below.
@@ -90,7 +92,7 @@ class RedisCluster:
                 )
             )  # fmt: skip
         for port in self.ports:
-            self._wait(lambda port=port: redis.Redis(host="127.0.0.1", port=port).ping())
+            wait_until(redis.Redis(host="127.0.0.1", port=port).ping, "cluster node")
         subprocess.run(
             [
                 "redis-cli",
@@ -106,42 +108,20 @@ class RedisCluster:
             timeout=30,
         )
         for port in self.ports:
-            self._wait(lambda port=port: self._state(port) == "ok")
+            wait_until(lambda port=port: self._state(port) == "ok", "cluster")
 
     @staticmethod
     def _state(port: int) -> str:
         info = redis.Redis(host="127.0.0.1", port=port).execute_command("CLUSTER INFO")
         return str(info.get("cluster_state"))  # redis-py answers with a mapping
 
-    @staticmethod
-    def _wait(ready: object) -> None:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if ready():  # type: ignore[operator]
-                    return
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test cluster did not come up")
-            time.sleep(0.05)
-
     def scripts_run(self) -> int:
         """Scripts run so far, summed over the nodes."""
-        total = 0
-        for port in self.ports:
-            stats = redis.Redis(host="127.0.0.1", port=port).info("commandstats")
-            total += sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
-        return total
+        nodes = (redis.Redis(host="127.0.0.1", port=port) for port in self.ports)
+        return sum(command_calls(node, "evalsha", "eval") for node in nodes)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_servers(self.procs)
         self.dir.cleanup()
 
 

@@ -24,10 +24,13 @@ from tests.helpers import gateway_client
 from .conftest import FakeClock, need_binaries
 from .shared_redis import (
     check_limits_hold_across_gateways,
+    command_calls,
     every_level,
     new_prefix,
     scripts_for_three_requests,
+    stop_servers,
     store_maker,
+    wait_until,
 )
 
 # The shared tables run here again through Sentinel, through the ``store`` fixture below.
@@ -52,19 +55,6 @@ def _free_port(taken: tuple[int, ...] = ()) -> int:
             port = int(s.getsockname()[1])
         if port not in taken:
             return port
-
-
-def _wait(ready: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if ready():
-                return
-        except redis.RedisError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the test {what} did not come up")
-        time.sleep(0.05)
 
 
 class RedisSentinel:
@@ -105,9 +95,11 @@ class RedisSentinel:
                 "--appendonly", "no",
                 *extra,
             )  # fmt: skip
-        _wait(self.primary.ping, "primary")
+        wait_until(self.primary.ping, "primary")
         # The Sentinel learns of the replica from the primary when it first asks it.
-        _wait(lambda: self.replica.info("replication")["master_link_status"] == "up", "replica")
+        wait_until(
+            lambda: self.replica.info("replication")["master_link_status"] == "up", "replica"
+        )
         # Sentinel rewrites its configuration file, so it lives in the temporary directory.
         conf = os.path.join(self.dir.name, "sentinel.conf")
         with open(conf, "w") as f:
@@ -121,14 +113,10 @@ class RedisSentinel:
             )
         self._server(conf, "--sentinel")
         ask, address = self.sentinel.execute_command, (b"127.0.0.1", self.port)
-        _wait(lambda: ask("SENTINEL get-master-addr-by-name", SERVICE) == address, "Sentinel")
-        _wait(lambda: ask("SENTINEL replicas", SERVICE), "Sentinel")
+        wait_until(lambda: ask("SENTINEL get-master-addr-by-name", SERVICE) == address, "Sentinel")
+        wait_until(lambda: ask("SENTINEL replicas", SERVICE), "Sentinel")
 
-    @staticmethod
-    def calls(node: Any, *commands: str) -> int:
-        """How many times ``node`` has run these commands so far."""
-        stats = node.info("commandstats")
-        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in commands)
+    calls = staticmethod(command_calls)
 
     def scripts_run(self) -> int:
         """Scripts the primary has run so far."""
@@ -141,13 +129,7 @@ class RedisSentinel:
     def stop(self) -> None:
         for client in (self.primary, self.replica, self.sentinel):
             client.close()
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_servers(self.procs)
         self.dir.cleanup()
 
 
@@ -281,8 +263,8 @@ def test_decisions_follow_a_failover() -> None:
         )
         assert [client.get("/a").status_code for _ in range(2)] == [200, 200]
         ask = own.sentinel.execute_command
-        _wait(lambda: ask("SENTINEL FAILOVER", SERVICE), "failover")
-        _wait(lambda: own.replica.info("replication")["role"] == "master", "promotion")
+        wait_until(lambda: ask("SENTINEL FAILOVER", SERVICE), "failover")
+        wait_until(lambda: own.replica.info("replication")["role"] == "master", "promotion")
         old = own.primary
         deadline = time.monotonic() + 30
         while old.info("replication")["role"] == "master":
